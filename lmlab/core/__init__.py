@@ -1,0 +1,1 @@
+"""Shared substrate: models, loaders, engine, backends, server, training and data utilities, report."""

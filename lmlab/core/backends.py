@@ -1,0 +1,162 @@
+"""One small generation/chat interface with two implementations: the local native engine and any
+OpenAI-compatible HTTP endpoint (OpenAI, vLLM, SGLang, `lmlab serve`) through the `openai` package.
+
+A prompt is either raw text (str) or a chat (list of {"role", "content"} dicts).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator, Protocol, Sequence, Union
+
+import torch
+
+from .engine import Generation, SamplingParams, encode_chat, generate, stream_generate
+from .errors import LmlabError
+
+Prompt = Union[str, list[dict[str, str]]]
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Backend(Protocol):
+    name: str
+
+    def complete(self, prompts: Sequence[Prompt], params: SamplingParams, json_schema: dict | None = None) -> list[Completion]:
+        """Complete every prompt (batched / concurrent as the backend allows), in order."""
+
+    def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[str]:
+        """Yield text deltas of one completion."""
+
+
+def auto_dtype(device: str = "cpu") -> torch.dtype:
+    """bfloat16 where the hardware has native bf16 matmuls (decode is memory-bound: half the bytes), else fp32."""
+    if device.startswith("cuda"):
+        return torch.bfloat16
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    except (AttributeError, RuntimeError):
+        return torch.float32
+
+
+class LocalBackend:
+    """The native engine on a local model; batches prompts `batch_size` at a time."""
+
+    def __init__(self, model: str = "smollm2-135m-instruct", dtype: str = "auto", device: str = "cpu", batch_size: int = 8, speculative: str | None = None):
+        from .loader import load_model
+
+        dt = auto_dtype(device) if dtype == "auto" else dtype
+        self.lm = load_model(model, dtype=dt, device=device)
+        self.name = model
+        self.batch_size = batch_size
+        self.speculative = speculative
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        tok = self.lm.tokenizer
+        if isinstance(prompt, str):
+            return tok(prompt).input_ids
+        return encode_chat(tok, prompt)
+
+    def _gen(self, ids: list[list[int]], params: SamplingParams, json_schema: dict | None) -> list[Generation]:
+        kw: dict[str, Any] = {}
+        if json_schema is not None:
+            from .structured import json_schema_processor  # grammar-constrained decoding (xgrammar)
+
+            kw["processors"] = [json_schema_processor(self.lm.tokenizer, json_schema, len(ids))]
+        return generate(self.lm.model, self.lm.tokenizer, ids, params, **kw)
+
+    def complete(self, prompts: Sequence[Prompt], params: SamplingParams, json_schema: dict | None = None) -> list[Completion]:
+        out: list[Completion] = []
+        for i in range(0, len(prompts), self.batch_size):
+            ids = [self.encode(p) for p in prompts[i:i + self.batch_size]]
+            for g, pi in zip(self._gen(ids, params, json_schema), ids):
+                out.append(Completion(g.text, g.finish_reason, len(pi), len(g.token_ids)))
+        return out
+
+    def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[str]:
+        ids = self.encode(prompt)
+        if self.speculative:
+            from ..specdec import speculative_stream
+
+            events = speculative_stream(self.lm, ids, params, self.speculative)
+        else:
+            events = stream_generate(self.lm.model, self.lm.tokenizer, [ids], params)
+        for ev in events:
+            if ev.text:
+                yield ev.text
+
+
+class OpenAIBackend:
+    """OpenAI-compatible HTTP endpoint. Retries with exponential backoff on 429/5xx/timeouts come from the
+    `openai` client (max_retries); concurrency is bounded by a thread pool of `concurrency` workers."""
+
+    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, timeout: float = 60.0,
+                 max_retries: int = 4, concurrency: int = 8):
+        import openai
+
+        key = api_key or os.environ.get("LMLAB_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        base = base_url or os.environ.get("LMLAB_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+        self.client = openai.OpenAI(base_url=base, api_key=key, timeout=timeout, max_retries=max_retries)
+        self.name = model
+        self.concurrency = concurrency
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
+
+    def _one(self, prompt: Prompt, params: SamplingParams, json_schema: dict | None) -> Completion:
+        import openai
+
+        common: dict[str, Any] = dict(model=self.name, max_tokens=params.max_new_tokens, temperature=params.temperature,
+                                      top_p=params.top_p, stop=params.stop or None, seed=params.seed)
+        try:
+            if isinstance(prompt, str) and json_schema is None:
+                r = self.client.completions.create(prompt=prompt, **common)
+                text, reason = r.choices[0].text, r.choices[0].finish_reason
+            else:
+                msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+                extra = {}
+                if json_schema is not None:
+                    extra["response_format"] = {"type": "json_schema", "json_schema": {"name": json_schema.get("title", "output"), "schema": json_schema, "strict": True}}
+                r = self.client.chat.completions.create(messages=msgs, **common, **extra)
+                text, reason = r.choices[0].message.content or "", r.choices[0].finish_reason
+        except openai.APIConnectionError as e:
+            raise LmlabError(f"cannot reach {self.client.base_url} ({e.__class__.__name__})", hint="is the server running? check --base-url / LMLAB_BASE_URL") from None
+        except openai.AuthenticationError:
+            raise LmlabError(f"{self.client.base_url}: authentication failed", hint="set LMLAB_API_KEY or OPENAI_API_KEY") from None
+        except openai.APIStatusError as e:
+            raise LmlabError(f"{self.client.base_url}: HTTP {e.status_code}: {str(e.message)[:200]}") from None
+        u = r.usage
+        pt, ct = (u.prompt_tokens, u.completion_tokens) if u else (0, 0)
+        self.usage["prompt_tokens"] += pt
+        self.usage["completion_tokens"] += ct
+        self.usage["requests"] += 1
+        return Completion(text, reason or "stop", pt, ct)
+
+    def complete(self, prompts: Sequence[Prompt], params: SamplingParams, json_schema: dict | None = None) -> list[Completion]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(lambda p: self._one(p, params, json_schema), prompts))
+
+    def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[str]:
+        msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        s = self.client.chat.completions.create(model=self.name, messages=msgs, max_tokens=params.max_new_tokens,
+                                                temperature=params.temperature, top_p=params.top_p, stop=params.stop or None, stream=True)
+        for chunk in s:
+            if chunk.choices and chunk.choices[0].delta.content:
+                yield chunk.choices[0].delta.content
+
+
+def make_backend(spec: str = "local", model: str = "smollm2-135m-instruct", **kw: Any) -> Backend:
+    """`local` -> LocalBackend(model); `openai` or an http(s) URL -> OpenAIBackend(model, base_url=URL)."""
+    if spec == "local":
+        return LocalBackend(model, **kw)
+    if spec == "openai":
+        return OpenAIBackend(model, **kw)
+    if spec.startswith(("http://", "https://")):
+        return OpenAIBackend(model, base_url=spec, **kw)
+    raise LmlabError(f"unknown backend {spec!r}", hint="use 'local', 'openai' or an http(s):// base URL")

@@ -1,0 +1,227 @@
+"""Generation on the native model: prefill, decode, sampling, stop handling, batching and streaming.
+
+Small plain functions in the style of gpt-fast's generate.py. Batched prompts of different lengths are
+right-aligned in the cache (each row keeps its own length), so no left padding and no wasted positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import LmlabError
+from .model import KVCache, Transformer
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 -> greedy
+    top_k: int = 0  # 0 -> off
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)  # stop strings (not included in the output)
+    stop_token_ids: list[int] | None = None  # None -> the model's EOS tokens
+    ignore_eos: bool = False
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" (EOS or stop string) | "length"
+    prompt_tokens: int = 0
+
+
+@dataclass
+class StreamEvent:
+    row: int
+    token_id: int | None
+    text: str  # the new text since the previous event of this row
+    finish_reason: str | None = None
+
+
+# ------------------------------------------------------------------------------------------ sampling
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
+    if seed is None:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def filter_logits(logits: Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Temperature, top-k and top-p (nucleus) filtering; returns logits with removed entries at -inf."""
+    logits = logits.float() / max(temperature, 1e-6)
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        remove = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
+    return logits
+
+
+def probs_from_logits(logits: Tensor, p: SamplingParams) -> Tensor:
+    """The distribution the sampler draws from (speculative sampling needs it explicitly)."""
+    return filter_logits(logits, p.temperature, p.top_k, p.top_p).softmax(-1)
+
+
+def sample(logits: Tensor, p: SamplingParams, generator: torch.Generator | None = None) -> Tensor:
+    """Next token per row from logits [B, V]: argmax when temperature == 0, else a draw."""
+    if p.temperature <= 0:
+        return logits.argmax(-1)
+    probs = probs_from_logits(logits, p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# ------------------------------------------------------------------------------------------ steps
+def prefill(model: Transformer, cache: KVCache, prompts: Sequence[Sequence[int]], **kw: Any) -> Tensor:
+    """Append each row's prompt to the cache; returns the last-position logits [B, V]."""
+    T = max(len(p) for p in prompts)
+    pad = 0
+    ids = torch.tensor([list(p) + [pad] * (T - len(p)) for p in prompts], device=model.device)
+    lens = [len(p) for p in prompts]
+    return model(ids, cache, num_tokens=None if min(lens) == T else lens, **kw).logits
+
+
+def decode_step(model: Transformer, cache: KVCache, tokens: Tensor, **kw: Any) -> Tensor:
+    """One token per row -> next-token logits [B, V]."""
+    return model(tokens[:, None], cache, **kw).logits
+
+
+# ------------------------------------------------------------------------------------------ text
+def eos_ids(model: Transformer, tokenizer: Any) -> list[int]:
+    ids = model.cfg.eos_token_id
+    out = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
+        out.add(tokenizer.eos_token_id)
+    return sorted(out)
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of a chat, through the model's own chat template (identical to transformers')."""
+    if not getattr(tokenizer, "chat_template", None):
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + ("assistant: " if add_generation_prompt else "")
+        return tokenizer(text, add_special_tokens=False).input_ids
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+class _RowText:
+    """Incremental detokenisation with stop strings; holds back text that might start a stop string."""
+
+    def __init__(self, tokenizer: Any, stop: list[str]):
+        self.tok, self.stop = tokenizer, stop
+        self.ids: list[int] = []
+        self.emitted = 0
+        self.text = ""
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        self.text = self.tok.decode(self.ids, skip_special_tokens=True) if self.tok is not None else ""
+        for s in self.stop:
+            at = self.text.find(s)
+            if at >= 0:
+                self.text, self.stopped = self.text[:at], True
+        safe = len(self.text)
+        if not self.stopped:
+            if self.text.endswith("\ufffd"):  # an incomplete UTF-8 sequence
+                safe -= 1
+            for s in self.stop:  # a suffix that could grow into a stop string
+                for k in range(min(len(s) - 1, len(self.text)), 0, -1):
+                    if self.text.endswith(s[:k]):
+                        safe = min(safe, len(self.text) - k)
+                        break
+        delta = self.text[self.emitted:safe]
+        self.emitted = max(self.emitted, safe)
+        return delta
+
+    def flush(self) -> str:
+        delta = self.text[self.emitted:]
+        self.emitted = len(self.text)
+        return delta
+
+
+# ------------------------------------------------------------------------------------------ generate
+def check_context(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> int:
+    """Validate prompt lengths; returns the max_new_tokens that fits the context window."""
+    ctx = model.cfg.max_position_embeddings
+    longest = max(len(p) for p in prompts)
+    if any(len(p) == 0 for p in prompts):
+        raise LmlabError("empty prompt", hint="pass at least one token of text")
+    if longest >= ctx:
+        raise LmlabError(f"prompt of {longest} tokens does not fit the context window of {ctx} tokens", hint="shorten the prompt")
+    return min(max_new_tokens, ctx - longest)
+
+
+LogitsProcessor = Callable[[list[int], list[list[int]], Tensor], Tensor]
+"""processor(rows, generated, logits) -> logits: `rows` are the original indices of the active rows, `generated`
+their tokens so far, `logits` [len(rows), V]. Used for grammar-constrained decoding."""
+
+
+def stream_generate(
+    model: Transformer, tokenizer: Any, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None,
+    processors: Sequence[LogitsProcessor] = (), **forward_kw: Any
+) -> Iterator[StreamEvent]:
+    """Yield text deltas per row as tokens are produced; each row ends with one event carrying finish_reason."""
+    p = params or SamplingParams()
+    max_new = check_context(model, prompts, p.max_new_tokens)
+    stops = set([] if p.ignore_eos else (p.stop_token_ids if p.stop_token_ids is not None else eos_ids(model, tokenizer)))
+    gen = make_generator(p.seed, model.device)
+    B = len(prompts)
+    rows = list(range(B))  # active row -> original index
+    texts = [_RowText(tokenizer, p.stop) for _ in range(B)]
+    with torch.inference_mode():
+        cache = model.new_cache(B, max(len(x) for x in prompts) + max_new + 1)
+        logits = prefill(model, cache, prompts, **forward_kw)
+        for step in range(max_new):
+            for proc in processors:
+                logits = proc(rows, [texts[r].ids for r in rows], logits)
+            nxt = sample(logits, p, gen)
+            keep = []
+            for j, r in enumerate(rows):
+                t = int(nxt[j])
+                if t in stops:
+                    yield StreamEvent(r, None, texts[r].flush(), "stop")
+                    continue
+                delta = texts[r].push(t)
+                if texts[r].stopped:
+                    yield StreamEvent(r, t, delta + texts[r].flush(), "stop")
+                    continue
+                if step == max_new - 1:
+                    yield StreamEvent(r, t, delta + texts[r].flush(), "length")
+                    continue
+                yield StreamEvent(r, t, delta)
+                keep.append(j)
+            if not keep or step == max_new - 1:
+                return
+            if len(keep) < len(rows):  # drop finished rows from the batch
+                idx = torch.tensor(keep, device=model.device)
+                cache.reorder(idx)
+                nxt, rows = nxt[idx], [rows[j] for j in keep]
+            logits = decode_step(model, cache, nxt, **forward_kw)
+
+
+def generate(
+    model: Transformer, tokenizer: Any, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None,
+    processors: Sequence[LogitsProcessor] = (), **forward_kw: Any
+) -> list[Generation]:
+    """Generate for a batch of token-id prompts (different lengths allowed)."""
+    ids: list[list[int]] = [[] for _ in prompts]
+    text = [""] * len(prompts)
+    reason: list[str] = ["length"] * len(prompts)
+    for ev in stream_generate(model, tokenizer, prompts, params, processors, **forward_kw):
+        if ev.token_id is not None:
+            ids[ev.row].append(ev.token_id)
+        text[ev.row] += ev.text
+        if ev.finish_reason:
+            reason[ev.row] = ev.finish_reason
+    return [Generation(i, t, r, len(pr)) for i, t, r, pr in zip(ids, text, reason, prompts)]
