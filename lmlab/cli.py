@@ -170,6 +170,9 @@ for _system in SYSTEMS:  # each landed system adds its own command group
     _mod = _system_module(_system, "cli")
     if _mod is not None:
         _mod.register(app)
+_serve = _system_module("core", "serve")  # `lmlab serve`, the OpenAI-compatible server
+if _serve is not None:
+    _serve.register(app)
 
 
 def main() -> None:
