@@ -163,8 +163,8 @@ def load_checkpoint_dir(folder: Path, dtype: torch.dtype = torch.float32, device
         raise LmlabError(f"{folder}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed.weight
-    inv, model.rope_scale = __import__("lmlab.core.model", fromlist=["rope_inv_freq"]).rope_inv_freq(cfg)
-    model.inv_freq = inv.to(device)
+    model.reset_rope()
+    model.inv_freq = model.inv_freq.to(device)
     return model.to(dtype).eval()
 
 
@@ -205,6 +205,7 @@ def convert_gguf(path: Path, out: Path) -> Path:
         model = Transformer(cfg)
     model = model.to_empty(device="cpu")
     model.load_state_dict(hf_to_native(hf.state_dict(), cfg), strict=False)
+    model.reset_rope()
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed.weight
     return save_checkpoint(model, tok, out)
@@ -252,8 +253,11 @@ def _from_hub(repo_id: str) -> Path:
 
 
 def load_tokenizer(folder: Path) -> Any:
+    """The checkpoint's tokenizer, or None for a weights-only directory (token-id level use still works)."""
     from transformers import AutoTokenizer
 
+    if not any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as e:

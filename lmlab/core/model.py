@@ -48,10 +48,11 @@ def rope_inv_freq(cfg: ModelConfig) -> tuple[Tensor, float]:
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = (wavelen >= old / hi) & (wavelen <= old / lo)
         return torch.where(medium, smoothed, scaled), 1.0
-    from transformers import PretrainedConfig
+    from transformers import AutoConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    hf = PretrainedConfig(**cfg.to_hf())
+    hf_dict = cfg.to_hf()
+    hf = AutoConfig.for_model(hf_dict.pop("model_type"), **hf_dict)
     inv, scale = ROPE_INIT_FUNCTIONS[kind](hf, "cpu")
     return inv.float(), float(scale)
 
@@ -194,8 +195,17 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
-        inv_freq, self.rope_scale = rope_inv_freq(cfg)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", torch.empty(cfg.head_dim // 2), persistent=False)
+        self.reset_rope()
+
+    def reset_rope(self) -> None:
+        """(Re)compute RoPE frequencies on the real device (needed after meta-device construction)."""
+        with torch.device("cpu"):
+            inv_freq, self.rope_scale = rope_inv_freq(self.cfg)
+        if self.inv_freq.is_meta:
+            self.inv_freq = inv_freq
+        else:
+            self.inv_freq = inv_freq.to(self.inv_freq.device)
 
     @property
     def dtype(self) -> torch.dtype:
