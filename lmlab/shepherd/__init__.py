@@ -1,0 +1,1 @@
+"""Math-Shepherd (arXiv:2312.08935): Monte-Carlo step labels, a process reward model, best-of-N verification."""
