@@ -132,20 +132,39 @@ def save_checkpoint(model: Transformer, tokenizer: Any, path: str | Path) -> Pat
     return path
 
 
-def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+class _LazyTensors:
+    """Read tensors one at a time from a set of safetensors files (memory-mapped), cast on the way.
 
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise LmlabError(f"{folder}: no *.safetensors files", hint="pass a Hugging Face checkpoint directory (config.json + safetensors) or a .gguf file")
-    sd: dict[str, torch.Tensor] = {}
-    for f in files:
+    Peak memory while loading is then about the final model plus one tensor, instead of 2-3x the model."""
+
+    def __init__(self, folder: Path, dtype: torch.dtype):
+        from safetensors import SafetensorError, safe_open
+
+        self._error = (SafetensorError, OSError, ValueError, RuntimeError)
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise LmlabError(f"{folder}: no *.safetensors files", hint="pass a Hugging Face checkpoint directory (config.json + safetensors) or a .gguf file")
+        self.dtype = dtype
+        self.where: dict[str, Any] = {}
+        for f in files:
+            try:
+                h = safe_open(str(f), framework="pt")
+            except self._error as e:
+                self._corrupt(f, e)
+            for k in h.keys():
+                self.where[k] = (f, h)
+
+    @staticmethod
+    def _corrupt(f: Path, e: Exception):
+        raise LmlabError(f"{f}: corrupt or unreadable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                         hint="re-download or re-convert the checkpoint") from None
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        f, h = self.where[key]
         try:
-            sd.update(load_file(str(f)))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise LmlabError(f"{f}: corrupt or unreadable safetensors file ({str(e).splitlines()[0]})", hint="re-download or re-convert the checkpoint") from None
-    return sd
+            return h.get_tensor(key).to(self.dtype)
+        except self._error as e:
+            self._corrupt(f, e)
 
 
 def load_checkpoint_dir(folder: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Transformer:
@@ -153,19 +172,18 @@ def load_checkpoint_dir(folder: Path, dtype: torch.dtype = torch.float32, device
     if not cfg_path.exists():
         raise LmlabError(f"{folder}: no config.json", hint="pass a Hugging Face checkpoint directory or a .gguf file")
     cfg = ModelConfig.from_file(cfg_path)
-    sd = hf_to_native(_read_safetensors(folder), cfg)
+    sd = hf_to_native(_LazyTensors(folder, dtype), cfg)  # type: ignore[arg-type]
     with torch.device("meta"):
         model = Transformer(cfg)
-    model = model.to_empty(device=device)
-    missing, unexpected = model.load_state_dict(sd, strict=False, assign=False)
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    del sd
     missing = [m for m in missing if not (cfg.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
         raise LmlabError(f"{folder}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed.weight
     model.reset_rope()
-    model.inv_freq = model.inv_freq.to(device)
-    return model.to(dtype).eval()
+    return model.to(device=device, dtype=dtype).eval()
 
 
 # ------------------------------------------------------------------------------------------ GGUF

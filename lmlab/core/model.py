@@ -207,6 +207,13 @@ class Transformer(nn.Module):
         else:
             self.inv_freq = inv_freq.to(self.inv_freq.device)
 
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        """Keep RoPE frequencies in fp32 on whatever device/dtype the model moves to (bf16 inv_freq drifts)."""
+        out = super()._apply(fn, recurse)
+        if not self.inv_freq.is_meta:
+            self.reset_rope()
+        return out
+
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype

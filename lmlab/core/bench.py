@@ -1,0 +1,103 @@
+"""`lmlab bench decode`: native engine vs transformers' `generate`, same checkpoint, prompts and settings.
+
+Each measurement runs in a fresh subprocess so that its peak RSS is its own. Greedy decoding of exactly
+`new_tokens` tokens per row (EOS ignored on both sides) from the same chat-templated prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from .paths import atomic_write_text
+
+PROMPTS = [
+    "Explain why the sky is blue in two sentences.",
+    "Write a haiku about autumn leaves.",
+    "What is the difference between a list and a tuple in Python?",
+    "Give three tips for learning a new language.",
+    "Summarize the plot of Romeo and Juliet.",
+    "How does a refrigerator keep food cold?",
+    "Translate 'good morning, how are you?' into French.",
+    "List the planets of the solar system in order.",
+]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, repeats: int, q: "mp.Queue") -> None:
+    torch.manual_seed(0)
+    from .engine import SamplingParams, encode_chat, generate
+    from .loader import load_model, load_tokenizer, resolve
+
+    tok = load_tokenizer(resolve(model))
+    prompts = [encode_chat(tok, [{"role": "user", "content": p}]) for p in (PROMPTS * batch)[:batch]]
+    if impl == "native":
+        lm = load_model(model, dtype=DTYPES[dtype])
+        params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+        run = lambda: generate(lm.model, lm.tokenizer, prompts, params)  # noqa: E731
+    else:
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf = AutoModelForCausalLM.from_pretrained(str(resolve(model)), dtype=DTYPES[dtype]).eval()
+        T = max(len(p) for p in prompts)
+        pad = hf.config.pad_token_id if hf.config.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (T - len(p)) + p for p in prompts])  # left padding, as HF expects
+        mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
+        run = lambda: hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,  # noqa: E731
+                                  min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+    with torch.inference_mode():
+        run()  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - t0)
+    q.put({"tokens_per_s": batch * new_tokens / best, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, repeats: int) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_measure, args=(impl, model, dtype, batch, new_tokens, repeats, q))
+    p.start()
+    out = q.get()
+    p.join()
+    return out
+
+
+def run_decode_bench(model: str, batches: list[int], new_tokens: int, repeats: int, json_path: Path | None,
+                     pairs: list[tuple[str, str]] | None = None) -> list[dict]:
+    """Rows per (batch, native dtype, HF dtype). Default pairs: each side's default dtype on this machine
+    (native 'auto' = bf16 where the CPU has native bf16, HF fp32), then both fp32, then both bf16."""
+    from .backends import auto_dtype
+    from .loader import resolve
+
+    resolve(model)  # convert/cache once, before timing
+    auto = "bfloat16" if auto_dtype() == torch.bfloat16 else "float32"
+    pairs = pairs or list(dict.fromkeys([(auto, "float32"), ("float32", "float32"), ("bfloat16", "bfloat16")]))
+    rows = []
+    print(f"{'batch':>5} {'native':>9} {'hf':>9} {'native tok/s':>13} {'hf tok/s':>9} {'speedup':>8} {'rss MB':>7} {'hf rss MB':>9}")
+    for batch in batches:
+        for nd, hd in pairs:
+            n = measure("native", model, nd, batch, new_tokens, repeats)
+            h = measure("hf", model, hd, batch, new_tokens, repeats)
+            row = {"model": model, "batch": batch, "native_dtype": nd, "hf_dtype": hd, "new_tokens": new_tokens,
+                   "native_tokens_per_s": round(n["tokens_per_s"], 2), "hf_tokens_per_s": round(h["tokens_per_s"], 2),
+                   "speedup_vs_hf": round(n["tokens_per_s"] / h["tokens_per_s"], 3),
+                   "peak_rss_mb": round(n["peak_rss_mb"], 1), "hf_peak_rss_mb": round(h["peak_rss_mb"], 1),
+                   "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+            rows.append(row)
+            print(f"{batch:>5} {nd:>9} {hd:>9} {row['native_tokens_per_s']:>13.1f} {row['hf_tokens_per_s']:>9.1f} "
+                  f"{row['speedup_vs_hf']:>7.2f}x {row['peak_rss_mb']:>7.0f} {row['hf_peak_rss_mb']:>9.0f}", flush=True)
+    if json_path is not None:
+        atomic_write_text(Path(json_path), json.dumps(rows, indent=2))
+    return rows
