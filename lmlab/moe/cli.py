@@ -1,0 +1,62 @@
+"""`lmlab moe reproduce` and `lmlab moe bench`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..core.errors import LmlabError
+from ..core.paths import atomic_write_text
+
+app = typer.Typer(no_args_is_help=True, help="DeepSeekMoE: fine-grained + shared experts (arXiv:2401.06066).")
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise LmlabError(f"--seeds {text!r}: not a comma-separated list of integers", hint="e.g. --seeds 0,1,2") from None
+
+
+@app.command()
+def reproduce(
+    quick: bool = typer.Option(False, "--quick", help="Small models, 300 steps (minutes on a laptop CPU)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results here (updated after every run)."),
+    data: Optional[str] = typer.Option(None, "--data", help=".txt/.jsonl file, directory, or hf:NAME (default: Python stdlib)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (>= 3 for mean ± std)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Override the number of training steps."),
+    no_ladder: bool = typer.Option(False, "--no-ladder", help="Skip the shared/fine-grained ablation ladder."),
+) -> None:
+    """Train Dense, Switch, GShard and DeepSeekMoE from scratch on the same data and compare (Table 1, Fig. 3-5)."""
+    from .experiment import FULL, QUICK, run_all, summarize, with_overrides
+    from ..core.report import markdown_table
+
+    if steps is not None and steps < 1:
+        raise LmlabError(f"--steps {steps}: must be >= 1")
+    s = with_overrides(QUICK if quick else FULL, data=data, steps=steps, seeds=_seeds(seeds), ladder=not no_ladder)
+    save = (lambda r: atomic_write_text(json_path, json.dumps(r, indent=1))) if json_path else None
+    res = run_all(s, log=lambda m: typer.echo(m, err=True), save=save)
+    typer.echo(markdown_table(summarize(res["runs"]), floatfmt=".4f"))
+    typer.echo(markdown_table(res["ablation"], ["arch", "val_loss", "total_params", "activated_params"], floatfmt=".4f"))
+    typer.echo(json.dumps(res["specialization"], indent=1))
+
+
+@app.command()
+def bench(
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the rows here."),
+    tokens: list[int] = typer.Option([512, 2048, 8192], "--tokens", help="Token counts (repeatable)."),
+    repeats: int = typer.Option(3, "--repeats"),
+) -> None:
+    """Forward+backward tokens/s and peak memory: our layer vs transformers' DeepseekV2Moe (every CPU experts impl)."""
+    from .bench import run_bench
+
+    if repeats < 1 or any(t < 1 for t in tokens):
+        raise LmlabError("--repeats and --tokens must be >= 1")
+    run_bench(tokens, repeats, json_path)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="moe")

@@ -1,0 +1,234 @@
+"""The paper's small-scale comparison (Sec. 4.2, Table 1; Sec. 4.4, Fig. 3; Sec. 4.5, Fig. 4-5), from scratch.
+
+Every architecture sees the same tokens (seeded windows), optimizer (AdamW), schedule (warm-up + cosine)
+and step count; they differ only in the FFN. Sizes are chosen as in the paper: with W the FFN width,
+Switch = top-1 of 16 x W, GShard = top-2 of 16 x W, DeepSeekMoE = 1 shared + top-7 of 63 x W/4 (equal total
+and activated expert parameters to GShard), Dense = one FFN of width W. Each finished run is cached
+(JSON + weights) under the user cache, so an interrupted reproduction resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+
+from ..core.config import ModelConfig
+from ..core.paths import atomic_write_text, cache_dir
+from ..core.train import TrainConfig, lm_loss, train
+from .data import batches, eval_windows, tokenized_corpus
+from .layer import MoE, MoEConfig
+from .model import MoETransformer
+
+MAIN = ["dense", "switch", "gshard", "deepseekmoe"]
+LADDER = ["0+2/16", "1+1/15", "1+3/31", "1+7/63"]  # Fig. 3: shared isolation, then finer segmentation
+
+
+@dataclass
+class Setup:
+    vocab: int = 8192  # the paper's BPE vocabulary size
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    width: int = 512  # W: the dense FFN width = one GShard expert
+    seq_len: int = 256
+    batch: int = 16
+    steps: int = 2000
+    lr: float = 2e-3
+    warmup: int = 100
+    alpha1: float = 0.01  # expert-level balance factor for every MoE (the paper's 2B setting)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    eval_windows: int = 128
+    data: str | None = None  # None: the Python standard library
+    ladder: bool = True
+
+    def key(self, arch: str, seed: int) -> str:
+        d = asdict(self)
+        for k in ("seeds", "ladder"):
+            d.pop(k)
+        h = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+        return f"{h}-{arch.replace('/', 'of').replace('+', 'p')}-s{seed}"
+
+
+FULL = Setup()
+QUICK = Setup(vocab=1024, hidden=64, layers=2, heads=4, width=128, seq_len=64, batch=16, steps=300, lr=3e-3,
+              warmup=30, eval_windows=128)
+
+
+def arch_config(arch: str, s: Setup) -> MoEConfig:
+    """The FFN of each compared architecture, all as configurations of the one `MoE` layer."""
+    w, a = s.width, s.alpha1
+    table: dict[str, Callable[[], MoEConfig]] = {
+        "dense": lambda: MoEConfig(s.hidden, w, shared_size=w),
+        "switch": lambda: MoEConfig(s.hidden, w, n_routed=16, top_k=1, alpha1=a),
+        "gshard": lambda: MoEConfig(s.hidden, w, n_routed=16, top_k=2, alpha1=a),
+        "deepseekmoe": lambda: MoEConfig(s.hidden, w // 4, n_routed=63, top_k=7, n_shared=1, alpha1=a),
+        "0+2/16": lambda: MoEConfig(s.hidden, w, n_routed=16, top_k=2, alpha1=a),
+        "1+1/15": lambda: MoEConfig(s.hidden, w, n_routed=15, top_k=1, n_shared=1, alpha1=a),
+        "1+3/31": lambda: MoEConfig(s.hidden, w // 2, n_routed=31, top_k=3, n_shared=1, alpha1=a),
+        "1+7/63": lambda: MoEConfig(s.hidden, w // 4, n_routed=63, top_k=7, n_shared=1, alpha1=a),
+    }
+    if arch not in table:
+        from ..core.errors import LmlabError
+
+        raise LmlabError(f"unknown architecture {arch!r}", hint=f"choose from {', '.join(table)}")
+    return table[arch]()
+
+
+def build_model(s: Setup, arch: str) -> MoETransformer:
+    cfg = ModelConfig(vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=s.width, num_layers=s.layers,
+                      num_heads=s.heads, num_kv_heads=s.heads, head_dim=s.hidden // s.heads,
+                      max_position_embeddings=s.seq_len, tie_word_embeddings=True)
+    return MoETransformer(cfg, arch_config(arch, s), first_dense=0).init_weights()
+
+
+def _loss_fn(raw: MoETransformer) -> Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]:
+    """LM loss + balance losses; `m` may be raw or DDP-wrapped (aux losses are read from the raw layers)."""
+
+    def fn(m: torch.nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = batch.to(raw.device)
+        out = m(batch[:, :-1], raw.new_cache(batch.shape[0], batch.shape[1] - 1), logits="all")
+        ce = lm_loss(out.logits, batch[:, 1:])
+        aux = raw.aux_loss()
+        return ce + aux, {"ce": float(ce.detach()), "aux": float(aux.detach())}
+
+    return fn
+
+
+@torch.no_grad()
+def evaluate(model: MoETransformer, windows: torch.Tensor, batch: int = 16) -> float:
+    """Mean next-token cross-entropy (nats) over the validation windows."""
+    model.eval()
+    total, n = 0.0, 0
+    for i in range(0, windows.shape[0], batch):
+        w = windows[i:i + batch].to(model.device)
+        logits = model.logits(w[:, :-1])
+        total += float(lm_loss(logits, w[:, 1:])) * w.shape[0]
+        n += w.shape[0]
+    return total / n
+
+
+def train_run(s: Setup, arch: str, seed: int, train_ids: torch.Tensor, val: torch.Tensor,
+              accelerator: Any = None, log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], MoETransformer]:
+    """Train one architecture from scratch (or load the cached result); returns (row, model)."""
+    root = cache_dir("moe", "runs")
+    key = s.key(arch, seed)
+    torch.manual_seed(seed)
+    model = build_model(s, arch)
+    if (root / f"{key}.json").exists() and (root / f"{key}.pt").exists():
+        model.load_state_dict(torch.load(root / f"{key}.pt"))
+        return json.loads((root / f"{key}.json").read_text()), model.eval()
+    device = accelerator.device if accelerator is not None else torch.device("cpu")
+    model.to(device)
+    tc = TrainConfig(steps=s.steps, lr=s.lr, warmup=s.warmup, seed=seed, log_every=max(1, s.steps // 5))
+    t0 = time.time()
+    rank_seed = seed * 1000 + (accelerator.process_index if accelerator is not None else 0)
+    hist = train(model, batches(train_ids, s.batch, s.seq_len, rank_seed), _loss_fn(model), tc, accelerator=accelerator,
+                 log=(lambda r: log(f"{arch} seed {seed} step {r['step']} ce {r['ce']:.3f}")) if log else None)
+    model = model.cpu().eval()
+    counts = model.param_counts()
+    row = {"arch": arch, "seed": seed, "val_loss": evaluate(model, val), **counts,
+           "flops_per_token": model.flops_per_token(s.seq_len), "train_ce_last": hist[-1]["ce"],
+           "train_seconds": round(time.time() - t0, 1), "steps": s.steps, "tokens": s.steps * s.batch * s.seq_len}
+    if accelerator is None or accelerator.is_main_process:
+        tmp = root / f".{key}.pt.tmp"
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(root / f"{key}.pt")
+        atomic_write_text(root / f"{key}.json", json.dumps(row))
+    return row, model
+
+
+@torch.no_grad()
+def specialization(model: MoETransformer, val: torch.Tensor, max_masked: int = 4) -> dict[str, Any]:
+    """Fig. 4: loss with the top-r affinity routed experts disabled (r = 0..max_masked) and top-k re-picked."""
+    layers = model.moe_layers()
+    losses = []
+    for r in range(max_masked + 1):
+        for m in layers:
+            m.mask_top = r
+        losses.append(evaluate(model, val))
+    for m in layers:
+        m.mask_top = 0
+    return {"masked_top": list(range(max_masked + 1)), "val_loss": losses}
+
+
+@torch.no_grad()
+def shared_ablation(model: MoETransformer, val: torch.Tensor) -> dict[str, float]:
+    """Fig. 5 / Sec. 4.5: disable the shared expert and activate one more routed expert instead."""
+    layers: list[MoE] = model.moe_layers()
+    base = evaluate(model, val)
+    for m in layers:
+        m.shared_enabled, m.extra_k = False, 1
+    off = evaluate(model, val)
+    for m in layers:
+        m.shared_enabled, m.extra_k = True, 0
+    return {"with_shared": base, "shared_disabled_plus_one_routed": off}
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std of val loss per architecture (sample std over seeds)."""
+    out = []
+    for arch in dict.fromkeys(r["arch"] for r in runs):
+        v = [r["val_loss"] for r in runs if r["arch"] == arch]
+        m = sum(v) / len(v)
+        sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else float("nan")
+        r0 = next(r for r in runs if r["arch"] == arch)
+        out.append({"arch": arch, "seeds": len(v), "val_loss_mean": m, "val_loss_std": sd,
+                    "total_params": r0["total_params"], "activated_params": r0["activated_params"],
+                    "flops_per_token": r0["flops_per_token"]})
+    return out
+
+
+def run_all(s: Setup, log: Callable[[str], None] = print, save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """The whole comparison; `save(result)` is called after every finished run (partial results survive)."""
+    t0 = time.time()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # these models are tiny: one thread beats 2 (sync overhead), and far more so under load
+    try:
+        return _run_all(s, log, save, t0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_all(s: Setup, log: Callable[[str], None], save: Callable[[dict[str, Any]], None] | None, t0: float) -> dict[str, Any]:
+    train_ids, val_ids, _ = tokenized_corpus(s.data, s.vocab)
+    val = eval_windows(val_ids, s.seq_len, s.eval_windows)
+    result: dict[str, Any] = {"setup": asdict(s), "corpus_tokens": {"train": train_ids.numel(), "val": val_ids.numel()},
+                              "runs": [], "ablation": [], "specialization": {}}
+    models: dict[str, MoETransformer] = {}
+    for seed in s.seeds:
+        for arch in MAIN:
+            row, model = train_run(s, arch, seed, train_ids, val, log=log)
+            log(f"{arch} seed {seed}: val loss {row['val_loss']:.4f} ({row['train_seconds']} s)")
+            result["runs"].append(row)
+            if seed == s.seeds[0]:
+                models[arch] = model
+            if save:
+                save(result)
+    if s.ladder:
+        seed = s.seeds[0]
+        for arch in LADDER:
+            same = {"0+2/16": "gshard", "1+7/63": "deepseekmoe"}.get(arch)
+            row = dict(next(r for r in result["runs"] if r["arch"] == same and r["seed"] == seed)) if same else \
+                train_run(s, arch, seed, train_ids, val, log=log)[0]
+            result["ablation"].append({**row, "arch": arch, "same_as": same})
+            if save:
+                save(result)
+    result["specialization"] = {
+        "masked_top": {a: specialization(models[a], val) for a in ("gshard", "deepseekmoe")},
+        "shared": shared_ablation(models["deepseekmoe"], val),
+    }
+    result["summary"] = summarize(result["runs"])
+    result["seconds"] = round(time.time() - t0, 1)
+    if save:
+        save(result)
+    return result
+
+
+def with_overrides(s: Setup, **kw: Any) -> Setup:
+    return replace(s, **{k: v for k, v in kw.items() if v is not None})
