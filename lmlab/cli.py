@@ -135,13 +135,13 @@ def reproduce(
     """Run each system's reproduction and write runs/<timestamp>/report.md and report.html."""
     from .core.report import ReproduceContext, Section, write_report
 
-    unknown = [s for s in only if s not in SYSTEMS]
+    unknown = [s for s in only if s not in ("core", *SYSTEMS)]
     if unknown:
-        raise LmlabError(f"--only {unknown[0]!r}: unknown system", hint=f"choose from {', '.join(SYSTEMS)}")
+        raise LmlabError(f"--only {unknown[0]!r}: unknown system", hint=f"choose from core, {', '.join(SYSTEMS)}")
     run_dir = out / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     sections: list[Section] = []
-    for system in SYSTEMS:
+    for system in ("core", *SYSTEMS):
         if only and system not in only:
             continue
         mod = _system_module(system, "reproduce")

@@ -61,7 +61,19 @@ def _measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, rep
             t0 = time.perf_counter()
             run()
             best = min(best, time.perf_counter() - t0)
-    q.put({"tokens_per_s": batch * new_tokens / best, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    q.put({"tokens_per_s": batch * new_tokens / best, "peak_rss_mb": peak_rss_mb()})
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM resets at exec, unlike ru_maxrss, which a spawned child
+    inherits from its parent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, repeats: int) -> dict:

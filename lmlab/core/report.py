@@ -59,7 +59,7 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None,
             return format(v, floatfmt)
         if v is None:
             return "–"
-        return str(v)
+        return str(v).replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
