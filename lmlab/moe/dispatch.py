@@ -55,8 +55,9 @@ def plan(index: Tensor, weight: Tensor, num_experts: int, capacity: int | None =
 
 
 def _grouped_ok(x: Tensor, w: Tensor) -> bool:
-    """torch._grouped_mm runs on CPU (any float dtype) and on CUDA SM80+ in bf16 only."""
-    if not hasattr(torch, "_grouped_mm"):
+    """torch._grouped_mm runs on CPU (any float dtype) and on CUDA SM80+ in bf16 only, with 16-byte strides."""
+    es = x.element_size()
+    if not hasattr(torch, "_grouped_mm") or (x.shape[-1] * es) % 16 or (w.shape[-1] * es) % 16:
         return False
     if x.device.type == "cpu":
         return True
