@@ -82,7 +82,7 @@ class PolicyConfig:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _batches(tok: Any, problems: list[Problem], batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def lm_batches(tok: Any, problems: list[Problem], batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless shuffled batches; the loss covers only the solution and EOS (the question is given)."""
     rng = random.Random(seed)
     eos, pad = tok.eos_token_id, tok.pad_token_id
@@ -128,7 +128,7 @@ def train_policy(cfg: PolicyConfig | None = None, out: Path | None = None, progr
 
     tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(100, cfg.steps // 10), seed=cfg.seed, log_every=100)
     show = (lambda r: log.warning("policy step %d loss %.3f (%.0f s)", r["step"], r["loss"], r["seconds"])) if progress else None
-    train(model, _batches(tok, problems, cfg.batch_size, cfg.seed), loss_fn, tc, log=show)
+    train(model, lm_batches(tok, problems, cfg.batch_size, cfg.seed), loss_fn, tc, log=show)
     save_checkpoint(model, tok, out)
     (out / "lmlab_train.json").write_text(json.dumps({"config": asdict(cfg), "seconds": time.time() - t0,
                                                       "final_loss": tc.history[-1]["loss"]}, indent=2))

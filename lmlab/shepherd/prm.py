@@ -152,7 +152,8 @@ def tag_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(q * logp[:, 0] + (1 - q) * logp[:, 1]).mean()
 
 
-def _batches(prm: PRM, data: list[tuple[tuple[list[int], list[int]], list[float]]], bs: int, seed: int) -> Iterator[Any]:
+def _batches(data: list[Any], bs: int, seed: int) -> Iterator[list[Any]]:
+    """Endless random minibatches of (encoded item, targets)."""
     rng = random.Random(seed)
     while True:
         yield rng.sample(data, min(bs, len(data)))
@@ -177,7 +178,7 @@ def train_reward_model(init: str, solutions: list[StepSolution], cfg: PRMTrainCo
         return tag_loss(logits, target)
 
     tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(30, cfg.steps // 10), seed=cfg.seed, weight_decay=0.0)
-    train(lm.model, _batches(prm, data, cfg.batch_size, cfg.seed), loss_fn, tc)
+    train(lm.model, _batches(data, cfg.batch_size, cfg.seed), loss_fn, tc)
     save_checkpoint(lm.model, lm.tokenizer, out)
     (out / "lmlab_reward.json").write_text(json.dumps({"init": init, "config": asdict(cfg), "format": asdict(fmt),
                                                        "examples": len(solutions), "final_loss": tc.history[-1]["loss"]}, indent=2))

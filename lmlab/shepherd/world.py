@@ -27,7 +27,7 @@ class Difficulty:
 
     min_steps: int = 2
     max_steps: int = 5
-    max_value: int = 60
+    max_value: int = 30
 
     def __post_init__(self) -> None:
         if not (1 <= self.min_steps <= self.max_steps <= 8):

@@ -1,4 +1,5 @@
-"""A tiny random-weight Llama + BPE tokenizer saved as an HF checkpoint: fast stand-in policy/PRM for mechanics tests."""
+"""A tiny Llama + BPE tokenizer, briefly trained on the synthetic world (it writes lines, rarely right answers),
+saved as an HF checkpoint: a fast stand-in policy/PRM for mechanics tests."""
 
 from __future__ import annotations
 
@@ -24,8 +25,14 @@ def tiny_ckpt(tmp_path_factory):
                       head_dim=16, max_position_embeddings=256, eos_token_id=tok.eos_token_id,
                       tie_word_embeddings=False)
     model = Transformer(cfg)
-    with torch.no_grad():  # larger logits than the default init, so sampling is far from uniform
-        model.lm_head.weight.mul_(4)
+    from lmlab.core.train import TrainConfig, lm_loss, train
+    from lmlab.shepherd.policy import lm_batches
+
+    def loss_fn(m, batch):
+        ids, tgt = batch
+        return lm_loss(m(ids, m.new_cache(*ids.shape), logits="all").logits, tgt)
+
+    train(model, lm_batches(tok, probs, 16, 0), loss_fn, TrainConfig(steps=40, lr=1e-2, warmup=5))
     return save_checkpoint(model, tok, tmp_path_factory.mktemp("tiny") / "ckpt")
 
 
