@@ -20,3 +20,9 @@ def tiny_config(vocab: int = 64, hidden: int = 32, layers: int = 2) -> ModelConf
 def tiny() -> Transformer:
     torch.manual_seed(0)
     return Transformer(tiny_config()).eval()
+
+
+@pytest.fixture
+def make_config():
+    """The tiny config factory, for tests that need other sizes."""
+    return tiny_config
