@@ -122,3 +122,23 @@ def test_cli_generate_and_models_on_embedded_model():
     assert "Paris" in proc.stdout
     proc = run_cli("models")
     assert proc.returncode == 0 and "smollm2-135m-instruct" in proc.stdout
+
+
+@pytest.mark.slow
+def test_cli_chat_keeps_history_and_exits_on_empty_line():
+    """The second reply is the greedy continuation of the whole conversation, not of the last line alone."""
+    from lmlab.core.backends import LocalBackend
+    from lmlab.core.engine import SamplingParams
+
+    turns = ["My name is Ada.", "What is my name?"]
+    proc = subprocess.run([sys.executable, "-m", "lmlab.cli", "chat", "-t", "0", "-n", "16"], input="\n".join(turns) + "\n\n",
+                          capture_output=True, text=True, timeout=300, env=os.environ)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    replies = [r.strip() for r in proc.stdout.split("> ") if r.strip()]
+    be, p = LocalBackend(), SamplingParams(max_new_tokens=16)
+    first = be.complete([[{"role": "user", "content": turns[0]}]], p)[0].text
+    history = [{"role": "user", "content": turns[0]}, {"role": "assistant", "content": first}, {"role": "user", "content": turns[1]}]
+    second = be.complete([history], p)[0].text
+    alone = be.complete([[{"role": "user", "content": turns[1]}]], p)[0].text
+    assert replies == [first.strip(), second.strip()]
+    assert alone.strip() != second.strip()  # the control: without history the reply differs
