@@ -47,15 +47,16 @@ def reproduce(
 @app.command()
 def bench(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the rows here."),
-    tokens: list[int] = typer.Option([512, 2048, 8192], "--tokens", help="Token counts (repeatable)."),
+    tokens: list[int] = typer.Option([256, 1024, 4096], "--tokens", help="Token counts (repeatable)."),
     repeats: int = typer.Option(3, "--repeats"),
+    threads: int = typer.Option(1, "--threads", help="torch threads per measurement (1: robust on a shared machine)."),
 ) -> None:
     """Forward+backward tokens/s and peak memory: our layer vs transformers' DeepseekV2Moe (every CPU experts impl)."""
     from .bench import run_bench
 
-    if repeats < 1 or any(t < 1 for t in tokens):
-        raise LmlabError("--repeats and --tokens must be >= 1")
-    run_bench(tokens, repeats, json_path)
+    if repeats < 1 or threads < 1 or any(t < 1 for t in tokens):
+        raise LmlabError("--repeats, --threads and --tokens must be >= 1")
+    run_bench(tokens, repeats, json_path, threads)
 
 
 def register(root: typer.Typer) -> None:

@@ -144,17 +144,20 @@ def train_run(s: Setup, arch: str, seed: int, train_ids: torch.Tensor, val: torc
 
 
 @torch.no_grad()
-def specialization(model: MoETransformer, val: torch.Tensor, max_masked: int = 4) -> dict[str, Any]:
-    """Fig. 4: loss with the top-r affinity routed experts disabled (r = 0..max_masked) and top-k re-picked."""
+def specialization(model: MoETransformer, val: torch.Tensor, steps: int = 4) -> dict[str, Any]:
+    """Fig. 4: loss when a ratio r/16 (r = 0..steps) of the routed experts - each token's highest-affinity
+    ones - is disabled and top-k re-picked from the rest (16 experts: r masked; 63 experts: ~4r masked)."""
     layers = model.moe_layers()
+    n = layers[0].cfg.n_routed
+    masked = [min(n - layers[0].cfg.top_k, round(r * n / 16)) for r in range(steps + 1)]
     losses = []
-    for r in range(max_masked + 1):
+    for k in masked:
         for m in layers:
-            m.mask_top = r
+            m.mask_top = k
         losses.append(evaluate(model, val))
     for m in layers:
         m.mask_top = 0
-    return {"masked_top": list(range(max_masked + 1)), "val_loss": losses}
+    return {"ratio": [r / 16 for r in range(steps + 1)], "masked_experts": masked, "val_loss": losses}
 
 
 @torch.no_grad()
