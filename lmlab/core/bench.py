@@ -28,7 +28,8 @@ PROMPTS = [
     "List the planets of the solar system in order.",
 ]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bfloat16}
+"""Configurations by name; "int8" is native weight-only int8 with bf16 activations (native side only)."""
 
 
 def _measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, repeats: int, q: "mp.Queue") -> None:
@@ -39,7 +40,7 @@ def _measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, rep
     tok = load_tokenizer(resolve(model))
     prompts = [encode_chat(tok, [{"role": "user", "content": p}]) for p in (PROMPTS * batch)[:batch]]
     if impl == "native":
-        lm = load_model(model, dtype=DTYPES[dtype])
+        lm = load_model(model, dtype=DTYPES[dtype], quant="int8" if dtype == "int8" else None)
         params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
         run = lambda: generate(lm.model, lm.tokenizer, prompts, params)  # noqa: E731
     else:
@@ -89,13 +90,14 @@ def measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, repe
 def run_decode_bench(model: str, batches: list[int], new_tokens: int, repeats: int, json_path: Path | None,
                      pairs: list[tuple[str, str]] | None = None) -> list[dict]:
     """Rows per (batch, native dtype, HF dtype). Default pairs: each side's default dtype on this machine
-    (native 'auto' = bf16 where the CPU has native bf16, HF fp32), then both fp32, then both bf16."""
+    (native 'auto' = bf16 where the CPU has native bf16, HF fp32), then both fp32, then both bf16, then
+    native weight-only int8 (opt-in, not bit-exact) against HF fp32."""
     from .backends import auto_dtype
     from .loader import resolve
 
     resolve(model)  # convert/cache once, before timing
     auto = "bfloat16" if auto_dtype() == torch.bfloat16 else "float32"
-    pairs = pairs or list(dict.fromkeys([(auto, "float32"), ("float32", "float32"), ("bfloat16", "bfloat16")]))
+    pairs = pairs or list(dict.fromkeys([(auto, "float32"), ("float32", "float32"), ("bfloat16", "bfloat16"), ("int8", "float32")]))
     rows = []
     print(f"{'batch':>5} {'native':>9} {'hf':>9} {'native tok/s':>13} {'hf tok/s':>9} {'speedup':>8} {'rss MB':>7} {'hf rss MB':>9}")
     for batch in batches:

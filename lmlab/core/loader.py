@@ -285,15 +285,31 @@ def load_tokenizer(folder: Path) -> Any:
 _LOADED: dict[tuple[str, str, str], LoadedModel] = {}
 
 
-def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype | str = torch.float32, device: str = "cpu", cache: bool = True) -> LoadedModel:
-    """Load model and tokenizer. Results are memoised per (name, dtype, device) in this process."""
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype | str = torch.float32, device: str = "cpu", cache: bool = True,
+               quant: str | None = None) -> LoadedModel:
+    """Load model and tokenizer. Results are memoised per (name, dtype, device, quant) in this process.
+
+    quant="int8": weight-only int8 projections (see lmlab.core.quant), activations in `dtype` (bf16 advised)."""
     if isinstance(dtype, str):
-        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
-    key = (name, str(dtype), device)
+        if dtype not in DTYPES:
+            raise LmlabError(f"unknown dtype {dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    if quant not in (None, "none", "int8"):
+        raise LmlabError(f"unknown quantization {quant!r}", hint="use int8 or leave it unset")
+    key = (name, str(dtype), device, str(quant))
     if cache and key in _LOADED:
         return _LOADED[key]
     folder = resolve(name)
-    lm = LoadedModel(load_checkpoint_dir(folder, dtype, device), load_tokenizer(folder), folder, name)
+    model = load_checkpoint_dir(folder, dtype, device)
+    if quant == "int8":
+        from .quant import quantize_int8
+
+        model = quantize_int8(model, dtype)
+    lm = LoadedModel(model, load_tokenizer(folder), folder, name)
     if cache:
         _LOADED[key] = lm
     return lm
