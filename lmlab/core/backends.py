@@ -7,7 +7,8 @@ A prompt is either raw text (str) or a chat (list of {"role", "content"} dicts).
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol, Sequence, Union
 
@@ -96,7 +97,10 @@ class LocalBackend:
 
 class OpenAIBackend:
     """OpenAI-compatible HTTP endpoint. Retries with exponential backoff on 429/5xx/timeouts come from the
-    `openai` client (max_retries); concurrency is bounded by a thread pool of `concurrency` workers."""
+    `openai` client (max_retries); concurrency is bounded by a thread pool of `concurrency` workers.
+
+    `json_schema` goes out as `response_format` (json_schema, strict); a server that rejects it (HTTP 400/422
+    naming response_format) is remembered and asked again without it, and the caller validates instead."""
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, timeout: float = 60.0,
                  max_retries: int = 4, concurrency: int = 8):
@@ -108,6 +112,8 @@ class OpenAIBackend:
         self.name = model
         self.concurrency = concurrency
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
+        self.supports_response_format = True
+        self._lock = threading.Lock()  # usage counters are updated from the worker threads
 
     def _one(self, prompt: Prompt, params: SamplingParams, json_schema: dict | None) -> Completion:
         import openai
@@ -121,9 +127,15 @@ class OpenAIBackend:
             else:
                 msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
                 extra = {}
-                if json_schema is not None:
+                if json_schema is not None and self.supports_response_format:
                     extra["response_format"] = {"type": "json_schema", "json_schema": {"name": json_schema.get("title", "output"), "schema": json_schema, "strict": True}}
-                r = self.client.chat.completions.create(messages=msgs, **common, **extra)
+                try:
+                    r = self.client.chat.completions.create(messages=msgs, **common, **extra)
+                except openai.APIStatusError as e:
+                    if not extra or e.status_code not in (400, 422) or "response_format" not in str(e.message):
+                        raise
+                    self.supports_response_format = False  # fall back to validation + retries by the caller
+                    r = self.client.chat.completions.create(messages=msgs, **common)
                 text, reason = r.choices[0].message.content or "", r.choices[0].finish_reason
         except openai.APIConnectionError as e:
             raise LmlabError(f"cannot reach {self.client.base_url} ({e.__class__.__name__})", hint="is the server running? check --base-url / LMLAB_BASE_URL") from None
@@ -133,14 +145,37 @@ class OpenAIBackend:
             raise LmlabError(f"{self.client.base_url}: HTTP {e.status_code}: {str(e.message)[:200]}") from None
         u = r.usage
         pt, ct = (u.prompt_tokens, u.completion_tokens) if u else (0, 0)
-        self.usage["prompt_tokens"] += pt
-        self.usage["completion_tokens"] += ct
-        self.usage["requests"] += 1
+        with self._lock:
+            self.usage["prompt_tokens"] += pt
+            self.usage["completion_tokens"] += ct
+            self.usage["requests"] += 1
         return Completion(text, reason or "stop", pt, ct)
 
     def complete(self, prompts: Sequence[Prompt], params: SamplingParams, json_schema: dict | None = None) -> list[Completion]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(lambda p: self._one(p, params, json_schema), prompts))
+
+    def iter_complete(self, prompts: Sequence[Prompt], params: SamplingParams, json_schema: dict | None = None) -> Iterator[tuple[int, Completion]]:
+        """Yield (index, completion) as each finishes, so a caller can persist it at once. On the first
+        failure the queued requests are cancelled, the in-flight ones still yielded, then the error raised."""
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        error: BaseException | None = None
+        try:
+            futures = {pool.submit(self._one, p, params, json_schema): i for i, p in enumerate(prompts)}
+            for f in as_completed(futures):
+                if f.cancelled():
+                    continue
+                if f.exception() is not None:
+                    if error is None:
+                        error = f.exception()
+                        for other in futures:
+                            other.cancel()
+                    continue
+                yield futures[f], f.result()
+        finally:  # Ctrl-C or an abandoned generator: drop the queue instead of draining it
+            pool.shutdown(wait=error is not None, cancel_futures=True)
+        if error is not None:
+            raise error
 
     def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[str]:
         msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt

@@ -44,7 +44,7 @@ def _compiled(tok_id: int, vocab_size: int, schema_json: str) -> Any:
 def compile_schema(tokenizer: Any, schema: dict, vocab_size: int) -> Any:
     """The xgrammar CompiledGrammar for `schema` (cached)."""
     _TOKENIZERS.setdefault(id(tokenizer), tokenizer)
-    return _compiled(id(tokenizer), vocab_size, json.dumps(schema, sort_keys=True))
+    return _compiled(id(tokenizer), vocab_size, json.dumps(schema))  # no sort_keys: property order is meaningful
 
 
 class JsonSchemaProcessor:
