@@ -95,7 +95,10 @@ def _loss_fn(raw: MoETransformer) -> Callable[[torch.nn.Module, torch.Tensor], t
         out = m(batch[:, :-1], raw.new_cache(batch.shape[0], batch.shape[1] - 1), logits="all")
         ce = lm_loss(out.logits, batch[:, 1:])
         aux = raw.aux_loss()
-        return ce + aux, {"ce": float(ce.detach()), "aux": float(aux.detach())}
+        stats = [st for st in raw.router_stats() if st is not None]
+        load = max((float(st.tokens_per_expert.max() / st.tokens_per_expert.float().mean()) for st in stats), default=1.0)
+        return ce + aux, {"ce": float(ce.detach()), "aux": float(aux.detach()), "max_load": load,
+                          "dropped": float(sum(int(st.dropped) for st in stats))}
 
     return fn
 
@@ -129,7 +132,7 @@ def train_run(s: Setup, arch: str, seed: int, train_ids: torch.Tensor, val: torc
     t0 = time.time()
     rank_seed = seed * 1000 + (accelerator.process_index if accelerator is not None else 0)
     hist = train(model, batches(train_ids, s.batch, s.seq_len, rank_seed), _loss_fn(model), tc, accelerator=accelerator,
-                 log=(lambda r: log(f"{arch} seed {seed} step {r['step']} ce {r['ce']:.3f}")) if log else None)
+                 log=(lambda r: log(f"{arch} seed {seed} step {r['step']} ce {r['ce']:.3f} max/mean expert load {r['max_load']:.2f}")) if log else None)
     model = model.cpu().eval()
     counts = model.param_counts()
     row = {"arch": arch, "seed": seed, "val_loss": evaluate(model, val), **counts,
