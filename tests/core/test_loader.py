@@ -77,42 +77,64 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
         assert n in lines[0], lines[0]
 
 
-def test_cli_bad_inputs_give_one_line_errors(ckpt, tmp_path):
+def test_cli_bad_input_in_a_real_process(tmp_path):
     _one_line_error(run_cli("generate", "hi", "-m", str(tmp_path / "nope")), "nope")
-    _one_line_error(run_cli("generate", "hi", "-m", "no-such-alias"), "no-such-alias", "lmlab models")
+
+
+@pytest.fixture()
+def cli(capsys, monkeypatch):
+    """Run `lmlab ARGS` in-process through the same entry point (main) as the console script."""
+    from lmlab.cli import main
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        monkeypatch.setattr(sys, "argv", ["lmlab", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+    return call
+
+
+def test_cli_bad_inputs_give_one_line_errors(ckpt, tmp_path, cli):
+    """Same assertions as for a real process, without the interpreter start-up per case."""
+    _one_line_error(cli("generate", "hi", "-m", "no-such-alias"), "no-such-alias", "lmlab models")
 
     arch = tmp_path / "bert"
     arch.mkdir()
     (arch / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"], "hidden_size": 8}))
-    _one_line_error(run_cli("generate", "hi", "-m", str(arch)), "unsupported architecture", "bert")
+    _one_line_error(cli("generate", "hi", "-m", str(arch)), "unsupported architecture", "bert")
 
     bad = tmp_path / "corrupt"
     bad.mkdir()
     (bad / "config.json").write_text((ckpt / "config.json").read_text())
     (bad / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes()[:300])
-    _one_line_error(run_cli("generate", "hi", "-m", str(bad)), "model.safetensors", "corrupt")
+    _one_line_error(cli("generate", "hi", "-m", str(bad)), "model.safetensors", "corrupt")
 
     gguf = tmp_path / "broken.gguf"
     gguf.write_bytes(b"GGUF" + os.urandom(64))
-    _one_line_error(run_cli("generate", "hi", "-m", str(gguf)), "broken.gguf")
+    _one_line_error(cli("generate", "hi", "-m", str(gguf)), "broken.gguf")
     notgguf = tmp_path / "x.gguf"
     notgguf.write_bytes(b"hello")
-    _one_line_error(run_cli("generate", "hi", "-m", str(notgguf)), "x.gguf", "not a GGUF")
+    _one_line_error(cli("generate", "hi", "-m", str(notgguf)), "x.gguf", "not a GGUF")
 
     cfgbad = tmp_path / "badjson"
     cfgbad.mkdir()
     (cfgbad / "config.json").write_text("{ not json")
-    _one_line_error(run_cli("generate", "hi", "-m", str(cfgbad)), "config.json", "line 1")
+    _one_line_error(cli("generate", "hi", "-m", str(cfgbad)), "config.json", "line 1")
 
 
-def test_cli_prompt_longer_than_context(ckpt, tmp_path):
+def test_cli_prompt_longer_than_context(ckpt, tmp_path, cli):
     from transformers import PreTrainedTokenizerFast
     from lmlab.core.train import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(["a b c d e f g"] * 10, 60)
     assert isinstance(tok, PreTrainedTokenizerFast)
     tok.save_pretrained(ckpt)
-    _one_line_error(run_cli("generate", "a " * 40, "--raw", "-m", str(ckpt)), "context window")
+    _one_line_error(cli("generate", "a " * 40, "--raw", "-m", str(ckpt)), "context window")
 
 
 @pytest.mark.slow
