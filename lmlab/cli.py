@@ -45,12 +45,13 @@ def generate(
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16"),
     speculative: Optional[str] = typer.Option(None, "--speculative", help="sps | pld | eagle (lossless speculative decoding)."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="int8: weight-only int8 projections (faster decode, not bit-exact)."),
 ) -> None:
     """Generate a completion and stream it to stdout."""
     from .core.backends import LocalBackend
     from .core.engine import SamplingParams
 
-    be = LocalBackend(model, dtype=dtype, speculative=speculative)
+    be = LocalBackend(model, dtype=dtype, speculative=speculative, quant=quant)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=list(stop))
     for delta in be.stream(prompt if raw else [{"role": "user", "content": prompt}], params):
         sys.stdout.write(delta)

@@ -51,11 +51,12 @@ def auto_dtype(device: str = "cpu") -> torch.dtype:
 class LocalBackend:
     """The native engine on a local model; batches prompts `batch_size` at a time."""
 
-    def __init__(self, model: str = "smollm2-135m-instruct", dtype: str = "auto", device: str = "cpu", batch_size: int = 8, speculative: str | None = None):
+    def __init__(self, model: str = "smollm2-135m-instruct", dtype: str = "auto", device: str = "cpu", batch_size: int = 8,
+                 speculative: str | None = None, quant: str | None = None):
         from .loader import load_model
 
         dt = auto_dtype(device) if dtype == "auto" else dtype
-        self.lm = load_model(model, dtype=dt, device=device)
+        self.lm = load_model(model, dtype=dt, device=device, quant=quant)
         self.name = model
         self.batch_size = batch_size
         self.speculative = speculative
