@@ -42,6 +42,7 @@ def register(app: typer.Typer) -> None:
         decontaminate: list[Path] = typer.Option([], "--decontaminate", help="Benchmark JSONL to decontaminate against (repeatable)."),
         ngram: int = typer.Option(10, "--ngram", help="Word n-gram length for decontamination."),
         export_batch: Optional[Path] = typer.Option(None, "--export-batch", help="Write the next stage's pending calls as Batch API JSONL instead of calling."),
+        retries: int = typer.Option(2, "--retries", help="Extra attempts for a reply that fails its schema."),
         api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LMLAB_API_KEY"),
     ) -> None:
         """Generate instruction data; resumable (rerun the same command), budgeted, deduplicated."""
@@ -56,13 +57,13 @@ def register(app: typer.Typer) -> None:
             if bad:
                 raise LmlabError(f"--discipline {bad[0]!r} is not in the taxonomy", hint="see `lmlab glan taxonomy`")
             discs = [d for d in discs if d.name.casefold() in {o.casefold() for o in only}]
-        if min(subjects, samples, sessions, questions) < 1:
-            raise LmlabError("--subjects, --samples, --sessions and --questions must be >= 1")
+        if min(subjects, samples, sessions, questions) < 1 or retries < 0:
+            raise LmlabError("--subjects, --samples, --sessions and --questions must be >= 1, --retries >= 0")
         cfg = GlanConfig(subjects_per_discipline=subjects, subject_samples=samples, max_sessions=sessions,
                          questions_per_subject=questions, temperature=temperature, seed=seed)
         be = _backend(backend, model, concurrency, batch_size, api_key)
         res = glan_run(out, discs, be, cfg, max_requests=max_requests, max_tokens=max_tokens, decontaminate=list(decontaminate),
-                       decontam_n=ngram, export_to=export_batch)
+                       decontam_n=ngram, export_to=export_batch, retries=retries)
         from ..core.report import markdown_table
 
         typer.echo(markdown_table(res.stats["stages"], ["stage", "calls", "cached", "new", "invalid", "dropped", "prompt_tokens", "completion_tokens"]), err=True)

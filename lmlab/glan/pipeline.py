@@ -66,7 +66,9 @@ class Caller:
         self.new_tokens = 0
 
     def params(self, temperature: float, max_tokens: int, sample: int, attempt: int) -> SamplingParams:
-        # a distinct seed per sample/attempt: k samples of one prompt must differ on servers that honour seeds
+        # a distinct seed per sample/attempt: k samples of one prompt must differ on servers that honour seeds;
+        # a retry of a greedy stage samples (greedy would only repeat the invalid reply)
+        temperature = temperature if attempt == 0 else max(temperature, 0.7)
         return SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=1.0 if temperature == 0 else 0.95,
                               seed=self.seed + sample + 1000 * attempt)
 

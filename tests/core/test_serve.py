@@ -6,6 +6,8 @@ import json
 
 import httpx
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from lmlab.core.backends import OpenAIBackend
 from lmlab.core.engine import SamplingParams, encode_chat, generate
@@ -83,3 +85,25 @@ def test_unreachable_server_is_one_line_error():
         be.complete(["hi"], SamplingParams(max_new_tokens=2))
 
 
+
+
+def test_response_format_fallback_when_server_rejects_it():
+    """A server without structured outputs: the backend retries without response_format and remembers it."""
+    app, seen = FastAPI(), []
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: Request):
+        body = await req.json()
+        seen.append("response_format" in body)
+        if "response_format" in body:
+            return JSONResponse({"error": {"message": "response_format is not supported", "type": "invalid_request_error"}}, status_code=400)
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": '{"a": 1}'}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+
+    with ServerThread(app) as s:
+        be = OpenAIBackend("m", base_url=s.url, max_retries=0, concurrency=1)
+        schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+        out = be.complete(["q", "q"], SamplingParams(max_new_tokens=4), json_schema=schema)
+    assert [c.text for c in out] == ['{"a": 1}'] * 2 and seen == [True, False, False]
+    assert not be.supports_response_format and be.usage == {"prompt_tokens": 6, "completion_tokens": 8, "requests": 2}
