@@ -29,6 +29,7 @@ def reproduce(
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (>= 3 for mean ± std)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override the number of training steps."),
     no_ladder: bool = typer.Option(False, "--no-ladder", help="Skip the shared/fine-grained ablation ladder."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (the full setup wants a GPU)."),
 ) -> None:
     """Train Dense, Switch, GShard and DeepSeekMoE from scratch on the same data and compare (Table 1, Fig. 3-5)."""
     from .experiment import FULL, QUICK, run_all, summarize, with_overrides
@@ -38,7 +39,13 @@ def reproduce(
         raise LmlabError(f"--steps {steps}: must be >= 1")
     s = with_overrides(QUICK if quick else FULL, data=data, steps=steps, seeds=_seeds(seeds), ladder=not no_ladder)
     save = (lambda r: atomic_write_text(json_path, json.dumps(r, indent=1))) if json_path else None
-    res = run_all(s, log=lambda m: typer.echo(m, err=True), save=save)
+    import torch
+
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise LmlabError(f"--device {device!r}: not usable ({str(e).splitlines()[0]})", hint="use cpu or an available cuda device") from None
+    res = run_all(s, log=lambda m: typer.echo(m, err=True), save=save, device=device)
     typer.echo(markdown_table(summarize(res["runs"]), floatfmt=".4f"))
     typer.echo(markdown_table(res["ablation"], ["arch", "val_loss", "total_params", "activated_params"], floatfmt=".4f"))
     typer.echo(json.dumps(res["specialization"], indent=1))

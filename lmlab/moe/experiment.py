@@ -116,8 +116,8 @@ def evaluate(model: MoETransformer, windows: torch.Tensor, batch: int = 16) -> f
     return total / n
 
 
-def train_run(s: Setup, arch: str, seed: int, train_ids: torch.Tensor, val: torch.Tensor,
-              accelerator: Any = None, log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], MoETransformer]:
+def train_run(s: Setup, arch: str, seed: int, train_ids: torch.Tensor, val: torch.Tensor, accelerator: Any = None,
+              log: Callable[[str], None] | None = None, device: str = "cpu") -> tuple[dict[str, Any], MoETransformer]:
     """Train one architecture from scratch (or load the cached result); returns (row, model)."""
     root = cache_dir("moe", "runs")
     key = s.key(arch, seed)
@@ -126,16 +126,16 @@ def train_run(s: Setup, arch: str, seed: int, train_ids: torch.Tensor, val: torc
     if (root / f"{key}.json").exists() and (root / f"{key}.pt").exists():
         model.load_state_dict(torch.load(root / f"{key}.pt"))
         return json.loads((root / f"{key}.json").read_text()), model.eval()
-    device = accelerator.device if accelerator is not None else torch.device("cpu")
-    model.to(device)
+    model.to(accelerator.device if accelerator is not None else device)
     tc = TrainConfig(steps=s.steps, lr=s.lr, warmup=s.warmup, seed=seed, log_every=max(1, s.steps // 5))
     t0 = time.time()
     rank_seed = seed * 1000 + (accelerator.process_index if accelerator is not None else 0)
     hist = train(model, batches(train_ids, s.batch, s.seq_len, rank_seed), _loss_fn(model), tc, accelerator=accelerator,
                  log=(lambda r: log(f"{arch} seed {seed} step {r['step']} ce {r['ce']:.3f} max/mean expert load {r['max_load']:.2f}")) if log else None)
-    model = model.cpu().eval()
+    val_loss = evaluate(model.eval(), val)
+    model = model.cpu()
     counts = model.param_counts()
-    row = {"arch": arch, "seed": seed, "val_loss": evaluate(model, val), **counts,
+    row = {"arch": arch, "seed": seed, "val_loss": val_loss, **counts,
            "flops_per_token": model.flops_per_token(s.seq_len), "train_ce_last": hist[-1]["ce"],
            "train_seconds": round(time.time() - t0, 1), "steps": s.steps, "tokens": s.steps * s.batch * s.seq_len}
     if accelerator is None or accelerator.is_main_process:
@@ -190,18 +190,21 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def run_all(s: Setup, log: Callable[[str], None] = print, save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run_all(s: Setup, log: Callable[[str], None] = print, save: Callable[[dict[str, Any]], None] | None = None,
+            device: str = "cpu") -> dict[str, Any]:
     """The whole comparison; `save(result)` is called after every finished run (partial results survive)."""
     t0 = time.time()
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # these models are tiny: one thread beats 2 (sync overhead), and far more so under load
+    if s.hidden <= 128:
+        torch.set_num_threads(1)  # tiny models: one thread beats 2 (sync overhead), and far more so under load
     try:
-        return _run_all(s, log, save, t0)
+        return _run_all(s, log, save, t0, device)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_all(s: Setup, log: Callable[[str], None], save: Callable[[dict[str, Any]], None] | None, t0: float) -> dict[str, Any]:
+def _run_all(s: Setup, log: Callable[[str], None], save: Callable[[dict[str, Any]], None] | None, t0: float,
+             device: str) -> dict[str, Any]:
     train_ids, val_ids, _ = tokenized_corpus(s.data, s.vocab)
     val = eval_windows(val_ids, s.seq_len, s.eval_windows)
     result: dict[str, Any] = {"setup": asdict(s), "corpus_tokens": {"train": train_ids.numel(), "val": val_ids.numel()},
@@ -209,7 +212,7 @@ def _run_all(s: Setup, log: Callable[[str], None], save: Callable[[dict[str, Any
     models: dict[str, MoETransformer] = {}
     for seed in s.seeds:
         for arch in MAIN:
-            row, model = train_run(s, arch, seed, train_ids, val, log=log)
+            row, model = train_run(s, arch, seed, train_ids, val, log=log, device=device)
             log(f"{arch} seed {seed}: val loss {row['val_loss']:.4f} ({row['train_seconds']} s)")
             result["runs"].append(row)
             if seed == s.seeds[0]:
@@ -221,7 +224,7 @@ def _run_all(s: Setup, log: Callable[[str], None], save: Callable[[dict[str, Any
         for arch in LADDER:
             same = {"0+2/16": "gshard", "1+7/63": "deepseekmoe"}.get(arch)
             row = dict(next(r for r in result["runs"] if r["arch"] == same and r["seed"] == seed)) if same else \
-                train_run(s, arch, seed, train_ids, val, log=log)[0]
+                train_run(s, arch, seed, train_ids, val, log=log, device=device)[0]
             result["ablation"].append({**row, "arch": arch, "same_as": same})
             if save:
                 save(result)
