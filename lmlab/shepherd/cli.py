@@ -29,7 +29,8 @@ def _problems(source: str, n: int, seed: int, min_steps: int, max_steps: int, ma
 
 @app.command("train-policy")
 def train_policy_cmd(steps: int = typer.Option(800, help="Optimizer steps."), seed: int = typer.Option(0),
-                     eval_problems: int = typer.Option(200, help="Held-out problems for the greedy accuracy.")) -> None:
+                     eval_problems: int = typer.Option(200, help="Held-out problems for the greedy accuracy."),
+                     device: str = typer.Option("cpu")) -> None:
     """Train (or find cached) the tiny policy on the synthetic world; prints its path and greedy accuracy."""
     from lmlab.core.loader import load_model
 
@@ -37,8 +38,8 @@ def train_policy_cmd(steps: int = typer.Option(800, help="Optimizer steps."), se
     from .world import make_problems
 
     cfg = PolicyConfig(steps=steps, seed=seed)
-    path = train_policy(cfg, progress=True)
-    acc = greedy_accuracy(load_model(str(path)), make_problems(eval_problems, seed, cfg.difficulty, "test"))
+    path = train_policy(cfg, progress=True, device=device)
+    acc = greedy_accuracy(load_model(str(path), device=device), make_problems(eval_problems, seed, cfg.difficulty, "test"))
     typer.echo(f"policy: {path}\ngreedy accuracy on {eval_problems} held-out problems: {acc:.3f}")
 
 
@@ -112,7 +113,7 @@ def verify(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the result JSON here."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG plot here."),
     problems: int = typer.Option(100), ns: list[int] = typer.Option([1, 4, 16, 64], "--n"),
-    temperature: float = typer.Option(1.0), seed: int = typer.Option(0),
+    temperature: float = typer.Option(0.7), seed: int = typer.Option(0),
     min_steps: int = typer.Option(2), max_steps: int = typer.Option(5), max_value: int = typer.Option(30),
     device: str = typer.Option("cpu"),
 ) -> None:

@@ -103,7 +103,7 @@ def lm_batches(tok: Any, problems: list[Problem], batch_size: int, seed: int) ->
         yield ids, tgt
 
 
-def train_policy(cfg: PolicyConfig | None = None, out: Path | None = None, progress: bool = False) -> Path:
+def train_policy(cfg: PolicyConfig | None = None, out: Path | None = None, progress: bool = False, device: str = "cpu") -> Path:
     """Train (or find cached) the tiny policy; returns its HF checkpoint directory."""
     cfg = cfg or PolicyConfig()
     out = out or cache_dir("shepherd") / f"policy-{cfg.key()}"
@@ -119,17 +119,17 @@ def train_policy(cfg: PolicyConfig | None = None, out: Path | None = None, progr
                        max_position_embeddings=512, tie_word_embeddings=True, model_type="llama",
                        eos_token_id=tok.eos_token_id, rms_norm_eps=1e-5)
     torch.manual_seed(cfg.seed)
-    model = Transformer(mcfg)
+    model = Transformer(mcfg).to(device)
 
     def loss_fn(m: Transformer, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        ids, tgt = batch
+        ids, tgt = (t.to(device) for t in batch)
         logits = m(ids, m.new_cache(ids.shape[0], ids.shape[1]), logits="all").logits
         return lm_loss(logits, tgt)
 
     tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(100, cfg.steps // 10), seed=cfg.seed, log_every=100)
     show = (lambda r: log.warning("policy step %d loss %.3f (%.0f s)", r["step"], r["loss"], r["seconds"])) if progress else None
     train(model, lm_batches(tok, problems, cfg.batch_size, cfg.seed), loss_fn, tc, log=show)
-    save_checkpoint(model, tok, out)
+    save_checkpoint(model.cpu(), tok, out)
     (out / "lmlab_train.json").write_text(json.dumps({"config": asdict(cfg), "seconds": time.time() - t0,
                                                       "final_loss": tc.history[-1]["loss"]}, indent=2))
     return out

@@ -36,7 +36,7 @@ class Candidate:
     orm: float = 0.0
 
 
-def sample_candidates(lm: LoadedModel, problems: Sequence[Problem], n: int, temperature: float = 1.0,
+def sample_candidates(lm: LoadedModel, problems: Sequence[Problem], n: int, temperature: float = 0.7,
                       max_new_tokens: int = 96, seed: int = 0, max_rows: int = 512) -> list[list[Candidate]]:
     """n sampled solutions per problem: each question is prefilled once and fanned out to n rows; groups of
     problems share one decode batch of up to max_rows rows."""
@@ -91,8 +91,9 @@ def pick(cands: Sequence[Candidate], method: str) -> bool:
         return _vote(cands, lambda c: 1.0)
     if method == "sc_prm":
         return _vote(cands, lambda c: c.prm)
-    if method in ("prm", "orm"):
-        return max(cands, key=lambda c: getattr(c, method)).correct  # max() keeps the first among ties
+    if method in ("prm", "orm"):  # rank the solutions that reach an answer (as voting does); max keeps the first tie
+        pool = [c for c in cands if c.answer is not None] or list(cands)
+        return max(pool, key=lambda c: getattr(c, method)).correct
     raise ValueError(f"unknown method {method!r}")
 
 

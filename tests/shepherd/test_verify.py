@@ -53,3 +53,8 @@ def test_bootstrap():
     v = np.random.default_rng(0).random(400) < 0.4
     lo, hi = bootstrap_ci(v.astype(float))
     assert lo < v.mean() < hi and 0.05 < hi - lo < 0.15  # ~ 2 * 1.96 * sqrt(.24 / 400) = 0.096
+
+
+def test_reward_models_rank_only_answered_solutions():
+    cands = [C(None, False, prm=0.99, orm=0.99), C("3", True, prm=0.2, orm=0.2)]
+    assert pick(cands, "prm") is True and pick(cands, "orm") is True
