@@ -114,7 +114,9 @@ class Caller:
 
     def _call(self, st: StageStats, reqs: list[Request], idx: list[int], got: dict[int, Entry]) -> None:
         params = SamplingParams(**reqs[0].params)
-        step = getattr(self.backend, "batch_size", None) or getattr(self.backend, "concurrency", 8)
+        # local: one engine batch per chunk; HTTP: several pool-fulls per chunk (replies persist as they land,
+        # so a chunk only bounds how far a --max-tokens budget can overshoot)
+        step = getattr(self.backend, "batch_size", None) or 8 * getattr(self.backend, "concurrency", 8)
         for lo in range(0, len(reqs), step):
             left = None if self.max_requests is None else self.max_requests - self.new_requests
             if left is not None and left <= 0 or self.max_tokens is not None and self.new_tokens >= self.max_tokens:
