@@ -1,0 +1,28 @@
+"""Speculative decoding (Spec-Bench survey, arXiv:2401.07851): draft cheaply, verify in one target pass,
+never change the output. Methods: draft-model speculative sampling (`sps`), prompt lookup (`pld`) and an
+EAGLE-style feature head with EAGLE-2 dynamic trees (`eagle`); all batched and lossless.
+
+    from lmlab.specdec import make_drafter, spec_generate
+    drafter = make_drafter(lm, "eagle")
+    outs = spec_generate(lm.model, lm.tokenizer, drafter, prompt_ids, SamplingParams(max_new_tokens=128))
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from ..core.engine import SamplingParams, StreamEvent
+from ..core.loader import LoadedModel
+from .decode import SpecStats, spec_generate, spec_stream
+from .drafters import DraftModel, PromptLookup
+from .registry import make_drafter, register_aliases
+from .verify import Draft, accept
+
+__all__ = ["Draft", "DraftModel", "PromptLookup", "SpecStats", "accept", "make_drafter", "spec_generate", "spec_stream", "speculative_stream"]
+
+register_aliases()
+
+
+def speculative_stream(lm: LoadedModel, prompt_ids: list[int], params: SamplingParams, method: str) -> Iterator[StreamEvent]:
+    """`lmlab generate --speculative METHOD`: the events of `engine.stream_generate`, produced speculatively."""
+    return spec_stream(lm.model, lm.tokenizer, make_drafter(lm, method), [prompt_ids], params)

@@ -1,0 +1,78 @@
+"""`lmlab specdec train-draft | train-head | bench`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _cfg(quick: bool, steps: Optional[int], prompts: Optional[int]):
+    from .train import DraftTrainConfig
+
+    cfg = DraftTrainConfig.quick() if quick else DraftTrainConfig()
+    if steps:
+        cfg.steps = steps
+    if prompts:
+        cfg.prompts = prompts
+    return cfg
+
+
+def _train(kind: str, target: str, quick: bool, steps: Optional[int], prompts: Optional[int], out: Optional[Path]) -> None:
+    import torch
+
+    from ..core.loader import load_model
+    from .registry import trained_path
+    from .train import train_draft_lm, train_eagle_head
+
+    lm = load_model(target, dtype=torch.float32)
+    cfg = _cfg(quick, steps, prompts)
+    dest = out or trained_path(lm, kind, cfg)
+    fn = train_draft_lm if kind == "draft" else train_eagle_head
+    path = fn(lm, cfg, dest, log_fn=lambda r: typer.echo(f"step {r['step']:4d} loss {r['loss']:.4f} top1 {r.get('top1', 0):.3f} ({r['seconds']:.0f} s)", err=True))
+    typer.echo(str(path))
+
+
+def register(app: typer.Typer) -> None:
+    sub = typer.Typer(no_args_is_help=True, help="Speculative decoding: train drafts, benchmark (Spec-Bench style).")
+
+    @sub.command("train-draft")
+    def train_draft(
+        target: str = typer.Option("smollm2-135m-instruct", "--target", "-m", help="Target model (alias, dir, .gguf, hub id)."),
+        quick: bool = typer.Option(False, "--quick", help="Minutes-scale corpus and steps."),
+        steps: Optional[int] = typer.Option(None, "--steps"),
+        prompts: Optional[int] = typer.Option(None, "--prompts", help="Number of target generations to distil from."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Checkpoint dir (default: the cache, where --speculative sps finds it)."),
+    ) -> None:
+        """Distil a small same-tokenizer draft LM from the target's own generations (an ordinary HF checkpoint)."""
+        _train("draft", target, quick, steps, prompts, out)
+
+    @sub.command("train-head")
+    def train_head(
+        target: str = typer.Option("smollm2-135m-instruct", "--target", "-m"),
+        quick: bool = typer.Option(False, "--quick"),
+        steps: Optional[int] = typer.Option(None, "--steps"),
+        prompts: Optional[int] = typer.Option(None, "--prompts"),
+        out: Optional[Path] = typer.Option(None, "--out", help="Head folder (default: the cache, where --speculative eagle finds it)."),
+    ) -> None:
+        """Train the EAGLE-style feature head on the target's generations (target frozen)."""
+        _train("eagle", target, quick, steps, prompts, out)
+
+    @sub.command("bench")
+    def bench(
+        prompts: Optional[Path] = typer.Option(None, "--prompts", help="Spec-Bench question.jsonl (default ../shared/data/spec_bench)."),
+        limit_per_category: int = typer.Option(2, "--limit-per-category", help="First N questions of each category (0: all)."),
+        max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+        target: str = typer.Option("smollm2-135m-instruct", "--target", "-m"),
+        methods: str = typer.Option(",".join(("ar", "sps", "pld", "eagle", "hf_assisted", "hf_prompt_lookup")), "--methods"),
+        json_path: Optional[Path] = typer.Option(None, "--json", help="Write the summary JSON here (rows go to PATH.rows.jsonl)."),
+    ) -> None:
+        """Greedy Spec-Bench run: speedups, accepted tokens, acceptance, cost ratio c, predicted speedup, losslessness."""
+        from .bench import run_bench, table
+
+        res = run_bench(target, prompts, limit_per_category or None, max_new_tokens, tuple(methods.split(",")), json_path,
+                        log=lambda s: typer.echo(s, err=True))
+        typer.echo(table(res))
+
+    app.add_typer(sub, name="specdec")

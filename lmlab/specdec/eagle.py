@@ -1,0 +1,216 @@
+"""EAGLE-style feature-level draft head (Li et al. 2024) with EAGLE-2 dynamic draft trees.
+
+The head reads the target's final hidden state f_t and the embedding of the next token x_{t+1}
+(`fc([f_t; E(x_{t+1})])`), runs one decoder layer with its own KV cache, and predicts f_{t+1}; the
+target's frozen LM head turns that into a distribution over x_{t+2}. Drafting feeds the head its own
+predicted features. On a CPU the LM head (49k x 576) would dominate the drafting cost, so the head scores
+only a frequency-ranked token subset (FR-Spec, Zhao et al. 2025); verification still uses the full
+vocabulary, so the output is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core.engine import SamplingParams, probs_from_logits
+from ..core.errors import LmlabError
+from ..core.model import Transformer
+from .verify import Draft
+
+
+class EagleHead(nn.Module):
+    """fc([feature; token embedding]) -> one Llama decoder layer -> RMSNorm -> predicted feature."""
+
+    def __init__(self, target_cfg, vocab: Tensor):
+        super().__init__()
+        H = target_cfg.hidden_size
+        self.fc = nn.Linear(2 * H, H, bias=True)
+        # a 1-layer Transformer gives the decoder layer, KV cache, RoPE and tree masks; its own embedding and
+        # LM head are unused (vocab_size=1): the target's frozen ones are passed in at call time
+        self.body = Transformer(replace(target_cfg, num_layers=1, vocab_size=1, tie_word_embeddings=True))
+        self.register_buffer("vocab", vocab.long().clone())
+
+    def forward(self, feats: Tensor, tokens: Tensor, embed: nn.Embedding, cache, **kw) -> Tensor:
+        """feats [B, T, H], tokens [B, T] -> predicted next features [B, T, H] (normed)."""
+        x = self.fc(torch.cat([feats.to(self.fc.weight.dtype), embed(tokens).to(self.fc.weight.dtype)], -1))
+        return self.body(tokens, cache, inputs_embeds=x, logits="none", **kw).last_hidden
+
+
+def subset_logits(h: Tensor, lm_head: nn.Linear, vocab: Tensor) -> Tensor:
+    """Logits over the token subset `vocab` only: [..., len(vocab)]."""
+    return F.linear(h.to(lm_head.weight.dtype), lm_head.weight[vocab])
+
+
+def save_head(head: EagleHead, folder: Path, meta: dict) -> Path:
+    """Write the head's own tensors (the target's embedding and LM head are not copied), atomically."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    sd = {k: v.contiguous() for k, v in head.state_dict().items() if not k.startswith(("body.embed", "body.lm_head"))}
+    save_file(sd, str(tmp / "eagle_head.safetensors"))
+    (tmp / "eagle_config.json").write_text(json.dumps(meta, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def load_head(folder: Path, target: Transformer) -> EagleHead:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    f = folder / "eagle_head.safetensors"
+    if not f.exists():
+        raise LmlabError(f"{folder}: no eagle_head.safetensors", hint="train one with `lmlab specdec train-head`")
+    sd = load_file(str(f))
+    head = EagleHead(target.cfg, sd["vocab"])
+    if sd["fc.weight"].shape[1] != 2 * target.cfg.hidden_size:
+        raise LmlabError(f"{folder}: head was trained for hidden size {sd['fc.weight'].shape[1] // 2}, target has {target.cfg.hidden_size}",
+                         hint="train a head for this target with `lmlab specdec train-head --target ...`")
+    missing, unexpected = head.load_state_dict(sd, strict=False)
+    missing = [m for m in missing if not m.startswith(("body.embed", "body.lm_head"))]
+    if missing or unexpected:
+        raise LmlabError(f"{f}: tensors do not match an EAGLE head (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return head.to(device=target.device, dtype=target.dtype).eval()
+
+
+class EagleDrafter:
+    """Draft with the head: a dynamic tree (EAGLE-2) under greedy decoding, a sampled chain otherwise.
+
+    Tree: the `topk` best tokens at the root; then `depth - 1` times, expand the `topk` frontier nodes with
+    the highest cumulative draft log-probability into `topk` children each; finally keep the `total` best
+    nodes of the whole tree (their ancestors come along since scores only decrease along a path). Each
+    expansion re-runs the head over all expanded nodes of this round with an ancestor mask (one layer, a few
+    dozen tokens), so the cache only ever holds committed context.
+    """
+
+    name = "eagle"
+
+    def __init__(self, head: EagleHead, target: Transformer, topk: int = 6, depth: int = 5, total: int = 12, chain: int = 4):
+        self.head, self.target = head, target
+        self.topk, self.depth, self.total, self.chain = topk, depth, total, chain
+        self.max_nodes = max(total + depth, chain)
+        self.vocab = head.vocab.to(target.device)
+
+    # -- state: head cache over committed pairs (f_t, x_{t+1}); features not yet fed to the head
+    def begin(self, prompts: list[list[int]], hidden: Tensor, capacity: int) -> None:
+        extra = self.topk * self.depth + self.chain + 2
+        self.cache = self.head.body.new_cache(len(prompts), capacity + extra)
+        self.feats = [hidden[b, :len(p)] for b, p in enumerate(prompts)]  # features of ctx[fed : len-1]
+
+    def update(self, ctx: list[list[int]], drafts: list[Draft], paths: list[list[int]], hidden: Tensor) -> None:
+        self.cache.rollback(self.base)  # drop this round's draft slots
+        for b, path in enumerate(paths):
+            self.feats[b] = hidden[b, [0] + path]  # real features of the root and the accepted nodes
+
+    def keep(self, index: Tensor) -> None:
+        self.cache.reorder(index)
+        self.feats = [self.feats[i] for i in index.tolist()]
+
+    def _commit(self, ctx: list[list[int]]) -> Tensor:
+        """Feed pairs (f_t, x_{t+1}) for the newly committed positions; returns the last output per row."""
+        dev = self.target.device
+        n = [f.shape[0] for f in self.feats]
+        T = max(n)
+        H = self.target.cfg.hidden_size
+        feats = torch.zeros(len(ctx), T, H, dtype=self.target.dtype, device=dev)
+        toks = torch.zeros(len(ctx), T, dtype=torch.long, device=dev)
+        for b, c in enumerate(ctx):
+            feats[b, :n[b]] = self.feats[b]
+            toks[b, :n[b]] = torch.tensor(c[len(c) - n[b]:], device=dev)
+        h = self.head(feats, toks, self.target.embed, self.cache, num_tokens=n if min(n) != T else None)
+        self.base = list(self.cache.lengths)
+        return h[torch.arange(len(ctx), device=dev), torch.tensor(n, device=dev) - 1]
+
+    def propose(self, ctx: list[list[int]], params: SamplingParams, gen: torch.Generator | None) -> list[Draft]:
+        h = self._commit(ctx)
+        if params.temperature > 0:
+            return self._chain(h, params, gen)
+        return self._tree(h)
+
+    def _logits(self, h: Tensor) -> Tensor:
+        return subset_logits(h, self.target.lm_head, self.vocab).float()
+
+    def _chain(self, h: Tensor, params: SamplingParams, gen: torch.Generator | None) -> list[Draft]:
+        """Sampled chain: every token is a draw from the head's (filtered) distribution over the subset."""
+        B, V, dev = h.shape[0], self.target.cfg.vocab_size, h.device
+        toks, qs = [], []
+        base = torch.tensor(self.base, device=dev)
+        for j in range(self.chain):
+            sub = torch.full((B, V), float("-inf"), device=dev)
+            sub[:, self.vocab] = self._logits(h)
+            q = probs_from_logits(sub, params)
+            t = torch.multinomial(q, 1, generator=gen).squeeze(-1)
+            toks.append(t)
+            qs.append(q)
+            if j < self.chain - 1:
+                h = self.head(h[:, None], t[:, None], self.target.embed, self.cache, positions=(base + j)[:, None])[:, 0]
+        tok, q = torch.stack(toks, 1).tolist(), torch.stack(qs, 1)
+        return [Draft.chain(tok[b], q[b]) for b in range(B)]
+
+    def _tree(self, h: Tensor) -> list[Draft]:
+        B, k, dev = h.shape[0], self.topk, h.device
+        base = torch.tensor(self.base, device=dev)
+        logp = self._logits(h).log_softmax(-1)
+        score, idx = logp.topk(k, -1)  # [B, k]
+        tok = self.vocab[idx]
+        parent = torch.full((B, k), -1, device=dev)
+        depth = torch.ones(B, k, dtype=torch.long, device=dev)
+        node_h = torch.zeros(B, k, h.shape[-1], dtype=h.dtype, device=dev)  # head output at each node
+        parent_h = h[:, None].expand(B, k, -1)  # input feature of each node: its parent's output
+        anc = torch.eye(k, dtype=torch.bool, device=dev).expand(B, k, k).clone()  # node sees node
+        fed = torch.empty(B, 0, dtype=torch.long, device=dev)
+        frontier = torch.arange(k, device=dev).expand(B, k)
+        rows = torch.arange(B, device=dev)[:, None]
+        for _ in range(self.depth - 1):
+            fed = torch.cat([fed, frontier], 1)
+            self.cache.rollback(self.base)
+            mask = anc[rows[:, :, None], fed[:, :, None], fed[:, None, :]]
+            pos = base[:, None] + depth[rows, fed] - 1
+            out = self.head(parent_h[rows, fed], tok[rows, fed], self.target.embed, self.cache, positions=pos, tree_mask=mask)
+            hf = out[:, -k:]  # outputs of the frontier
+            node_h[rows, frontier] = hf
+            lp = self._logits(hf).log_softmax(-1)  # [B, k, S]
+            cs, ci = lp.topk(k, -1)
+            cs = (score[rows, frontier][:, :, None] + cs).reshape(B, k * k)
+            n0 = tok.shape[1]
+            tok = torch.cat([tok, self.vocab[ci].reshape(B, k * k)], 1)
+            score = torch.cat([score, cs], 1)
+            par = frontier[:, :, None].expand(B, k, k).reshape(B, k * k)
+            parent = torch.cat([parent, par], 1)
+            depth = torch.cat([depth, depth[rows, par] + 1], 1)
+            node_h = torch.cat([node_h, torch.zeros(B, k * k, h.shape[-1], dtype=h.dtype, device=dev)], 1)
+            parent_h = torch.cat([parent_h, node_h[rows, par]], 1)
+            M = tok.shape[1]
+            grown = torch.zeros(B, M, M, dtype=torch.bool, device=dev)
+            grown[:, :n0, :n0] = anc
+            grown[:, n0:] = grown[rows, par]
+            grown[:, torch.arange(n0, M), torch.arange(n0, M)] = True
+            anc = grown
+            frontier = n0 + cs.topk(k, -1).indices
+        self.cache.rollback(self.base)
+        return [self._select(tok[b], parent[b], score[b], depth[b]) for b in range(B)]
+
+    def _select(self, tok: Tensor, parent: Tensor, score: Tensor, depth: Tensor) -> Draft:
+        """The `total` best-scoring nodes (plus any missing ancestor), in depth order, as a Draft."""
+        keep = set(score.topk(min(self.total, score.numel())).indices.tolist())
+        par = parent.tolist()
+        for i in list(keep):
+            while par[i] >= 0 and par[i] not in keep:
+                keep.add(par[i])
+                i = par[i]
+        order = sorted(keep, key=lambda i: (int(depth[i]), -float(score[i])))
+        where = {n: j + 1 for j, n in enumerate(order)}
+        toks = tok.tolist()
+        return Draft([toks[i] for i in order], [where[par[i]] if par[i] >= 0 else 0 for i in order])

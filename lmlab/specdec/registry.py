@@ -1,0 +1,91 @@
+"""Where trained drafts live (the user cache) and how a method name becomes a drafter for a target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core import loader
+from ..core.errors import LmlabError
+from ..core.loader import LoadedModel
+from ..core.paths import cache_dir
+from .drafters import DraftModel, PromptLookup
+from .eagle import EagleDrafter, load_head
+from .train import DraftTrainConfig, _target_id
+
+METHODS = ("sps", "pld", "eagle")
+DRAFT_ALIAS = "smollm2-135m-instruct-draft"
+
+
+def trained_path(lm: LoadedModel, kind: str, cfg: DraftTrainConfig) -> Path:
+    """Cache folder of a trained draft ('draft' LM or 'eagle' head) for this target and training config."""
+    return cache_dir("specdec", "drafts") / f"{_target_id(lm)}-{kind}-{cfg.key()}"
+
+
+def find_trained(lm: LoadedModel, kind: str) -> Path | None:
+    """The full-size trained draft if present, else the quick one, else None."""
+    for cfg in (DraftTrainConfig(), DraftTrainConfig.quick()):
+        p = trained_path(lm, kind, cfg)
+        if p.is_dir():
+            return p
+    return None
+
+
+def _default_draft() -> Path:
+    lm = loader.load_model(loader.DEFAULT_MODEL)
+    p = find_trained(lm, "draft")
+    if p is None:
+        raise LmlabError(f"model alias {DRAFT_ALIAS!r} is not trained yet", hint="run `lmlab specdec train-draft` (a few minutes on CPU)")
+    return p
+
+
+def register_aliases() -> None:
+    """`smollm2-135m-instruct-draft` -> the cached draft LM (an ordinary HF checkpoint)."""
+    loader.ALIASES.setdefault(DRAFT_ALIAS, _default_draft)
+
+
+def check_same_tokenizer(target: LoadedModel, draft: LoadedModel) -> None:
+    """SpS needs identical token ids on both sides; fail early with one line otherwise."""
+    a, b = target.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
+    if a != b or target.config.vocab_size != draft.config.vocab_size:
+        diff = len(set(a.items()) ^ set(b.items()))
+        raise LmlabError(f"draft {draft.name} and target {target.name} use different tokenizers ({len(b)} vs {len(a)} tokens, {diff} differing entries)",
+                         hint="speculative sampling needs a draft with the target's tokenizer; use --speculative pld or train one with `lmlab specdec train-draft`")
+
+
+def load_draft(lm: LoadedModel, draft: str | None = None) -> LoadedModel:
+    """The draft LM for `lm`: a given alias/path, else the cached one trained for this target."""
+    if draft is None:
+        p = find_trained(lm, "draft")
+        if p is None:
+            raise LmlabError(f"no draft model trained for {lm.name}", hint="run `lmlab specdec train-draft` (or pass a draft checkpoint)")
+        draft = str(p)
+    d = loader.load_model(draft, dtype=lm.model.dtype, device=str(lm.model.device))
+    check_same_tokenizer(lm, d)
+    return d
+
+
+def draft_vocab_of(path: Path):
+    """The draft-side token subset saved beside a trained draft (None: score the full vocabulary)."""
+    f = Path(path) / "specdec_vocab.safetensors"
+    if not f.exists():
+        return None
+    from safetensors.torch import load_file
+
+    return load_file(str(f))["vocab"]
+
+
+def make_drafter(lm: LoadedModel, method: str, draft: str | None = None, head: str | None = None, **kw):
+    """A drafter for target `lm`: 'pld', 'sps' (draft LM: `draft` alias/path or the cached one) or
+    'eagle' (head folder `head` or the cached one)."""
+    if method == "pld":
+        return PromptLookup(**kw)
+    if method == "sps":
+        d = load_draft(lm, draft)
+        vocab = draft_vocab_of(d.path)
+        return DraftModel(d.model, vocab=None if vocab is None else vocab.to(lm.model.device), **kw)
+    if method == "eagle":
+        p = Path(head) if head else find_trained(lm, "eagle")
+        if p is None:
+            raise LmlabError(f"no EAGLE head trained for {lm.name}", hint="run `lmlab specdec train-head` (a few minutes on CPU)")
+        return EagleDrafter(load_head(p, lm.model), lm.model, **kw)
+    raise LmlabError(f"unknown speculative method {method!r}", hint=f"choose from {', '.join(METHODS)}")

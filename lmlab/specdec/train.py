@@ -1,0 +1,239 @@
+"""Training the drafts on the target's own generations: a small draft LM (SpS) and the EAGLE-style head.
+
+Corpus: the target greedily answers held-out Spec-Bench questions (the *last* questions of each category;
+the benchmark uses the first ones) and GSM8K training questions; for every position we keep the target's
+final normed hidden state and its top-K logits. Both drafts learn the same distillation loss (EAGLE's):
+smooth-L1 regression onto the target's hidden state plus cross-entropy against the target's top-K
+distribution scored through the frozen LM head restricted to those K rows, which avoids the 49k-row LM
+head matmul in every training step (the CPU cost that would otherwise dominate).
+Corpus chunks are cached one file per batch, so an interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core.engine import SamplingParams, encode_chat, generate
+from ..core.loader import LoadedModel, save_checkpoint
+from ..core.model import Transformer
+from ..core.paths import cache_dir, shared_data
+from ..core.train import TrainConfig, train
+from .eagle import EagleHead, save_head
+
+log = logging.getLogger("lmlab.specdec")
+
+
+@dataclass
+class DraftTrainConfig:
+    """One config for both drafts; `quick()` is the minutes-scale version used by reproduce --quick."""
+
+    prompts: int = 96
+    new_tokens: int = 128
+    topk: int = 32  # target logits kept per position for distillation
+    steps: int = 400
+    batch: int = 8
+    window: int = 128
+    lr: float = 1e-3
+    cls_weight: float = 0.1  # EAGLE's weight of the classification term
+    draft_layers: tuple[int, ...] = (0, -1)  # target layers that initialise the draft LM
+    vocab: int = 8192  # draft-side token subset (frequency-ranked)
+    seed: int = 0
+
+    @staticmethod
+    def quick() -> "DraftTrainConfig":
+        return DraftTrainConfig(prompts=32, new_tokens=64, steps=150)
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+# ------------------------------------------------------------------------------------------ corpus
+def training_questions(n: int) -> list[str]:
+    """Held-out Spec-Bench questions (from the end of each category, round-robin), then GSM8K train."""
+    by_cat: dict[str, list[str]] = {}
+    with open(shared_data("spec_bench", "question.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            by_cat.setdefault(row["category"], []).append(row["turns"][0])
+    pools = [list(reversed(v[len(v) // 2:])) for v in by_cat.values()]
+    out: list[str] = []
+    while len(out) < n and any(pools):
+        for p in pools:
+            if p and len(out) < n:
+                out.append(p.pop(0))
+    if len(out) < n:
+        with open(shared_data("gsm8k", "train.jsonl")) as f:
+            for line in f:
+                if len(out) >= n:
+                    break
+                out.append(json.loads(line)["question"])
+    return out
+
+
+def _target_id(lm: LoadedModel) -> str:
+    return f"{Path(lm.path).name}-{hashlib.sha256(str(Path(lm.path).resolve()).encode()).hexdigest()[:8]}"
+
+
+def build_corpus(lm: LoadedModel, cfg: DraftTrainConfig, batch: int = 8) -> list[dict[str, Tensor]]:
+    """Target generations with per-position features and top-K logits, cached in chunks (resumable)."""
+    folder = cache_dir("specdec", "corpus", f"{_target_id(lm)}-{cfg.prompts}-{cfg.new_tokens}-{cfg.topk}")
+    m, tok = lm.model, lm.tokenizer
+    qs = training_questions(cfg.prompts)
+    seqs: list[dict[str, Tensor]] = []
+    for i in range(0, len(qs), batch):
+        path = folder / f"chunk-{i // batch:04d}.pt"
+        if not path.exists():
+            log.warning("specdec corpus: target generations %d-%d of %d", i, min(i + batch, len(qs)), len(qs))
+            prompts = [encode_chat(tok, [{"role": "user", "content": q}]) for q in qs[i:i + batch]]
+            gens = generate(m, tok, prompts, SamplingParams(max_new_tokens=cfg.new_tokens))
+            chunk = [_features(m, p + g.token_ids, cfg.topk) for p, g in zip(prompts, gens)]
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            torch.save(chunk, tmp)
+            os.replace(tmp, path)
+        seqs += torch.load(path)
+    return seqs
+
+
+@torch.inference_mode()
+def _features(m: Transformer, ids: list[int], topk: int) -> dict[str, Tensor]:
+    cache = m.new_cache(1, len(ids))
+    out = m(torch.tensor([ids], device=m.device), cache, logits="none")
+    h = out.last_hidden[0]
+    val, idx = m.lm_head(h).float().topk(topk, -1)
+    return {"ids": torch.tensor(ids), "feat": h.float().cpu(), "top_idx": idx.int().cpu(), "top_val": val.cpu()}
+
+
+def draft_vocab(seqs: list[dict[str, Tensor]], size: int, vocab_size: int) -> Tensor:
+    """Frequency-ranked token subset: tokens the target produced, most frequent first, then the lowest ids
+    (byte-level BPE assigns low ids to early, i.e. frequent, merges)."""
+    counts = Counter()
+    for s in seqs:
+        counts.update(s["ids"].tolist())
+        counts.update(s["top_idx"][:, :4].flatten().tolist())
+    seen = [t for t, _ in counts.most_common(size)]
+    rest = [t for t in range(vocab_size) if t not in set(seen)][: max(0, size - len(seen))]
+    return torch.tensor(sorted(seen + rest))
+
+
+# ------------------------------------------------------------------------------------------ loss
+def distill_loss(h: Tensor, feat: Tensor, top_idx: Tensor, top_val: Tensor, lm_head: nn.Linear, vocab: Tensor,
+                 cls_weight: float) -> tuple[Tensor, dict[str, float]]:
+    """EAGLE's loss: smooth-L1 onto the target feature + cls_weight * cross-entropy of the draft's
+    distribution over its token subset `vocab` against the target's top-K distribution (mass outside the
+    subset dropped). Scoring the subset, not the 49k vocabulary, is what makes CPU training fast, and it
+    is exactly the distribution the draft proposes from at inference."""
+    reg = F.smooth_l1_loss(h.float(), feat)
+    logits = F.linear(h, lm_head.weight[vocab].to(h.dtype)).float()  # [B, T, S]
+    pos = torch.full((lm_head.weight.shape[0],), -1, dtype=torch.long, device=h.device)
+    pos[vocab] = torch.arange(vocab.numel(), device=h.device)
+    where = pos[top_idx.long()]  # [B, T, K] subset index of each target top-K token, -1 if absent
+    tp = top_val.softmax(-1) * (where >= 0)
+    target = torch.zeros_like(logits).scatter_add_(-1, where.clamp_min(0), tp)
+    target = target / target.sum(-1, keepdim=True).clamp_min(1e-9)
+    ce = -(target * logits.log_softmax(-1)).sum(-1).mean()
+    top1 = (logits.argmax(-1) == where[..., 0]).float().mean()  # top_idx is sorted: 0 is the target's argmax
+    return reg + cls_weight * ce, {"reg": reg.item(), "ce": ce.item(), "top1": top1.item()}
+
+
+def _windows(seqs: list[dict[str, Tensor]], cfg: DraftTrainConfig, shift: int, device) -> Iterator[dict[str, Tensor]]:
+    """Random windows; shift=1 pairs position t's input with position t+1's targets (the head's layout)."""
+    rng = random.Random(cfg.seed)
+    W = cfg.window
+    while True:
+        rows = [s for s in (rng.choice(seqs) for _ in range(cfg.batch))]
+        Lmin = min(len(s["ids"]) for s in rows) - shift
+        W_ = min(W, Lmin)
+        out: dict[str, list[Tensor]] = {"ids": [], "in_feat": [], "feat": [], "top_idx": [], "top_val": []}
+        for s in rows:
+            a = rng.randrange(0, len(s["ids"]) - shift - W_ + 1)
+            t = slice(a + shift, a + shift + W_)
+            out["ids"].append(s["ids"][t] if shift else s["ids"][a:a + W_])
+            out["in_feat"].append(s["feat"][a:a + W_])
+            out["feat"].append(s["feat"][t])
+            out["top_idx"].append(s["top_idx"][t])
+            out["top_val"].append(s["top_val"][t])
+        yield {k: torch.stack(v).to(device) for k, v in out.items()}
+
+
+# ------------------------------------------------------------------------------------------ models
+def init_draft_lm(target: Transformer, layers: tuple[int, ...]) -> Transformer:
+    """A shallow copy of the target: its embedding/LM head (frozen), chosen layers, final norm."""
+    n = target.cfg.num_layers
+    picks = [l % n for l in layers]
+    draft = Transformer(replace(target.cfg, num_layers=len(picks))).to(device=target.device, dtype=torch.float32)
+    sd = {k: v for k, v in target.state_dict().items() if not k.startswith("layers.")}
+    for j, l in enumerate(picks):
+        sd.update({k.replace(f"layers.{l}.", f"layers.{j}.", 1): v for k, v in target.state_dict().items() if k.startswith(f"layers.{l}.")})
+    draft.load_state_dict(sd)
+    draft.embed.weight.requires_grad_(False)
+    return draft
+
+
+def _restrict_lm_head(draft: Transformer, vocab: Tensor) -> Transformer:
+    """Untie the LM head and zero its rows outside the trained subset: those logits were never trained,
+    and zero keeps them below the subset's winners, so any consumer of the checkpoint (transformers'
+    assisted generation included) proposes exactly what lmlab's subset scoring proposes under greedy."""
+    out = Transformer(replace(draft.cfg, tie_word_embeddings=False)).to(device=draft.device, dtype=draft.dtype)
+    out.load_state_dict(draft.state_dict(), strict=False)
+    w = torch.zeros_like(draft.lm_head.weight)
+    w[vocab] = draft.lm_head.weight[vocab]
+    out.lm_head.weight = nn.Parameter(w)
+    return out
+
+
+def train_draft_lm(lm: LoadedModel, cfg: DraftTrainConfig, out: Path, log_fn=None) -> Path:
+    """Distil a shallow draft LM from the target's generations; saved as an ordinary HF checkpoint."""
+    seqs = build_corpus(lm, cfg)
+    draft = init_draft_lm(lm.model, cfg.draft_layers)
+    vocab = draft_vocab(seqs, cfg.vocab, lm.config.vocab_size)
+    vocab_d = vocab.to(lm.model.device)
+
+    def loss_fn(model: Transformer, b: dict[str, Tensor]):
+        cache = model.new_cache(b["ids"].shape[0], b["ids"].shape[1])
+        h = model(b["ids"], cache, logits="none").last_hidden
+        return distill_loss(h, b["feat"], b["top_idx"], b["top_val"], model.lm_head, vocab_d, cfg.cls_weight)
+
+    hist = train(draft, _windows(seqs, cfg, 0, lm.model.device), loss_fn,
+                 TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(30, cfg.steps // 5), seed=cfg.seed, log_every=50), log=log_fn)
+    save_checkpoint(_restrict_lm_head(draft, vocab), lm.tokenizer, out)
+    from safetensors.torch import save_file
+
+    save_file({"vocab": vocab}, str(out / "specdec_vocab.safetensors"))
+    (out / "specdec_train.json").write_text(json.dumps({"target": str(lm.path), "config": cfg.__dict__, "final": hist[-1]}, indent=2, default=str))
+    return out
+
+
+def train_eagle_head(lm: LoadedModel, cfg: DraftTrainConfig, out: Path, log_fn=None) -> Path:
+    """Train the EAGLE-style head on the target's features (target frozen)."""
+    seqs = build_corpus(lm, cfg)
+    target = lm.model
+    vocab = draft_vocab(seqs, cfg.vocab, lm.config.vocab_size)
+    vocab_d = vocab.to(target.device)
+    head = EagleHead(target.cfg, vocab).to(device=target.device, dtype=torch.float32)
+    last = target.cfg.num_layers - 1
+    head.body.layers[0].load_state_dict({k.removeprefix(f"layers.{last}."): v for k, v in target.state_dict().items() if k.startswith(f"layers.{last}.")})
+    head.body.norm.load_state_dict(target.norm.state_dict())
+    embed = nn.Embedding.from_pretrained(target.embed.weight.detach().float(), freeze=True)
+    lm_head = nn.Linear(target.cfg.hidden_size, target.cfg.vocab_size, bias=False).to(target.device)
+    lm_head.weight = nn.Parameter(embed.weight if target.cfg.tie_word_embeddings else target.lm_head.weight.detach().float(), requires_grad=False)
+
+    def loss_fn(model: EagleHead, b: dict[str, Tensor]):
+        cache = model.body.new_cache(b["ids"].shape[0], b["ids"].shape[1])
+        h = model(b["in_feat"], b["ids"], embed, cache)
+        return distill_loss(h, b["feat"], b["top_idx"], b["top_val"], lm_head, vocab_d, cfg.cls_weight)
+
+    hist = train(head, _windows(seqs, cfg, 1, target.device), loss_fn,
+                 TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(30, cfg.steps // 5), seed=cfg.seed, log_every=50), log=log_fn)
+    return save_head(head, out, {"target": str(lm.path), "config": cfg.__dict__, "final": hist[-1]})
