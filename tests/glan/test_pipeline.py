@@ -121,3 +121,9 @@ def test_k_subject_samples_are_merged_and_deduplicated(full_run):
     for d in load_taxonomy()[:2]:
         subjects = [r["subject"] for r in res.rows if r["discipline"] == d.name]
         assert 1 <= len(set(subjects)) <= CFG.subjects_per_discipline
+
+
+def test_max_tokens_budget(backend, tmp_path):
+    res = glan_run(tmp_path, load_taxonomy()[:2], backend, CFG, max_tokens=1)
+    assert res.status == "budget" and "budget reached" in res.message
+    assert 0 < sum(s["new"] for s in res.stats["stages"]) <= backend.batch_size  # stops after the first chunk

@@ -27,3 +27,29 @@ def test_errors_name_the_line(tmp_path, text, line, what):
     p.write_text(text)
     with pytest.raises(LmlabError, match=rf"bad.yaml:{line}: .*{what}"):
         load_taxonomy(p)
+
+
+def test_generated_taxonomy_round_trips_through_yaml(tmp_path):
+    from lmlab.core.llmcache import LLMCache
+    from lmlab.glan.pipeline import Caller
+    from lmlab.glan.taxonomy import generate_taxonomy
+
+    from .scripted import ScriptedBackend
+
+    caller = Caller(ScriptedBackend(), LLMCache(tmp_path / "c.sqlite"))
+    discs = generate_taxonomy(caller, ["Natural Sciences", "Humanities"], max_subfields=2, max_disciplines=2)
+    assert {d.field for d in discs} == {"Natural Sciences", "Humanities"}
+    assert len({d.name.casefold() for d in discs}) == len(discs)  # unique across the tree
+    save_taxonomy(discs, tmp_path / "gen.yaml")
+    assert load_taxonomy(tmp_path / "gen.yaml") == discs
+
+
+def test_cli_bad_taxonomy_is_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    p = tmp_path / "bad.yaml"
+    p.write_text("Sciences:\n  Physics: Mechanics\n")
+    r = subprocess.run([sys.executable, "-m", "lmlab.cli", "glan", "run", "--taxonomy", str(p), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "bad.yaml:2" in r.stderr
