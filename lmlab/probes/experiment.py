@@ -139,8 +139,7 @@ def run_numbers(cfg: NumbersConfig, log: Callable[[str], None] = _log) -> dict[s
         preds_d = answers(model, tok, D.encode(tok, group)[0], 3 * d + 8, batch_size=cfg.batch_size)
         log(f"addition {d} digits: {np.mean([a == p.sum for a, p in zip(preds_d, group)]):.2f}")
         preds += preds_d
-    add_sorted = [p for d in sorted({p.digits for p in add_set}) for p in add_set if p.digits == d]
-    out["addition_accuracy"] = addition_accuracy(add_sorted, preds)
+    out["addition_accuracy"] = addition_accuracy([p for d in sorted({p.digits for p in add_set}) for p in add_set if p.digits == d], preds)
     out["steering"] = steer(model, tok, problems, dirs, norms, cfg, log)
     return out
 
