@@ -107,3 +107,45 @@ def test_response_format_fallback_when_server_rejects_it():
         out = be.complete(["q", "q"], SamplingParams(max_new_tokens=4), json_schema=schema)
     assert [c.text for c in out] == ['{"a": 1}'] * 2 and seen == [True, False, False]
     assert not be.supports_response_format and be.usage == {"prompt_tokens": 6, "completion_tokens": 8, "requests": 2}
+
+
+def test_lmlab_serve_command_in_a_subprocess(smollm, tmp_path):
+    """The CLI command end to end: binds loopback on the given port, requires the key, answers, exits on SIGTERM."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from lmlab.core.config import ModelConfig
+    from lmlab.core.loader import save_checkpoint
+    from lmlab.core.model import Transformer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8,
+                      eos_token_id=smollm.tokenizer.eos_token_id)
+    save_checkpoint(Transformer(cfg), smollm.tokenizer, tmp_path / "tiny")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "lmlab.cli", "serve", "--model", str(tmp_path / "tiny"), "--port", str(port),
+                             "--api-key", KEY, "--dtype", "float32"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}/v1", time.time() + 90
+        while True:
+            try:
+                r = httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {KEY}"})
+                break
+            except httpx.ConnectError:
+                assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+                time.sleep(0.2)
+        assert r.status_code == 200 and r.json()["data"][0]["id"] == str(tmp_path / "tiny")
+        be = OpenAIBackend(str(tmp_path / "tiny"), base_url=url, api_key=KEY)
+        c = be.complete([CHATS[0]], SamplingParams(max_new_tokens=3))[0]
+        assert c.completion_tokens == 3 and c.finish_reason == "length"  # random weights: EOS has ~1/49152 odds per step
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -27,3 +27,21 @@ def test_local_engine_replies_validate(tiny_dir, tmp_path):
             raise AssertionError("unconstrained random model produced valid JSON")
         except ValidationError:
             pass
+
+
+def test_http_backend_through_lmlab_serve(tiny_dir, tmp_path):
+    """The pipeline's HTTP path: OpenAIBackend -> lmlab serve (response_format -> grammar), replies cached as they land."""
+    from lmlab.core.backends import OpenAIBackend
+    from lmlab.core.loader import load_model
+    from lmlab.core.serve import ServerThread, create_app
+
+    lm = load_model(tiny_dir, cache=False)
+    with ServerThread(create_app(lm, model_name="tiny", max_tokens_limit=512, batch_window_s=0.2)) as srv:
+        be = OpenAIBackend("tiny", base_url=srv.url, concurrency=4, max_retries=0)
+        cache = LLMCache(tmp_path / "c.sqlite")
+        caller = Caller(be, cache, retries=0)
+        items = [(P.answer_prompt(f"Question number {i}?"), 0) for i in range(4)]
+        out = caller.run("questions", items, Question, temperature=0.0, max_tokens=450)
+    st = caller.stats["questions"]
+    assert all(isinstance(q, Question) for q in out) and st.new == 4 and len(cache) == 4
+    assert st.completion_tokens == be.usage["completion_tokens"] > 0 and be.supports_response_format
