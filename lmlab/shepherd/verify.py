@@ -59,16 +59,17 @@ def sample_candidates(lm: LoadedModel, problems: Sequence[Problem], n: int, temp
     return out
 
 
-def score_candidates(problems: Sequence[Problem], cands: list[list[Candidate]], prm: PRM, orm: PRM, batch_size: int = 64) -> None:
-    """Fill Candidate.prm (min step score) and Candidate.orm (last-tag score) in place."""
+def score_candidates(problems: Sequence[Problem], cands: list[list[Candidate]], prm: PRM, orm: PRM | None = None,
+                     batch_size: int = 64) -> None:
+    """Fill Candidate.prm (min step score) and, given an ORM, Candidate.orm (last-tag score) in place."""
     flat = [(p.question, c.steps) for p, cs in zip(problems, cands) for c in cs]
-    prm_scores = prm.score_batch(flat, batch_size)
-    orm_scores = orm.score_batch(flat, batch_size)
-    it = iter(zip(prm_scores, orm_scores))
+    prm_scores = iter(prm.score_batch(flat, batch_size))
+    orm_scores = iter(orm.score_batch(flat, batch_size)) if orm is not None else None
     for cs in cands:
         for c in cs:
-            ps, os_ = next(it)
-            c.prm, c.orm = min(ps), os_[-1]
+            c.prm = min(next(prm_scores))
+            if orm_scores is not None:
+                c.orm = next(orm_scores)[-1]
 
 
 def _vote(cands: Sequence[Candidate], weight: Callable[[Candidate], float]) -> bool:
