@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,55 +46,86 @@ def _batched_mm_gb(tokens: int) -> float:
     return tokens * c["num_experts_per_tok"] * 3 * c["hidden_size"] * c["moe_intermediate_size"] * 4 / 2**30
 
 
-def child(impl: str, tokens: int, repeats: int, threads: int) -> dict:
-    """One measurement (runs in its own process)."""
+def _block(hf, ours, impl: str):
+    if impl != "ours":
+        hf.config._experts_implementation = impl
+    return ours if impl == "ours" else hf
+
+
+def _step(block, x, g) -> float:
+    t0 = time.perf_counter()
+    block(x).backward(g)
+    dt = time.perf_counter() - t0
+    block.zero_grad(set_to_none=True)
+    x.grad = None
+    return dt
+
+
+def child(impl: str, tokens: int, threads: int) -> dict:
+    """Peak memory of one fwd+bwd pass, in its own process so the peak is this implementation's.
+
+    ru_maxrss would include import/initialisation peaks, so a thread samples RSS every millisecond
+    during the pass; peak_over_base_mb is the pass's own peak above the RSS just before it.
+    """
+    import threading
+
     import psutil
 
     torch.set_num_threads(threads)
     hf, ours = _blocks()
-    if impl != "ours":
-        hf.config._experts_implementation = impl
-    block = ours if impl == "ours" else hf
+    block = _block(hf, ours, impl)
     x = torch.randn(1, tokens, CONFIG["hidden_size"], requires_grad=True)
     g = torch.randn_like(x)
-    base = psutil.Process().memory_info().rss
-    times = []
-    for i in range(repeats + 1):
-        t0 = time.perf_counter()
-        block(x).backward(g)
-        if i:
-            times.append(time.perf_counter() - t0)
-        block.zero_grad(set_to_none=True)
-        x.grad = None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    med = statistics.median(times)
-    return {"tokens": tokens, "impl": impl, "tokens_per_s": tokens / med, "seconds": med,
-            "peak_rss_mb": round(peak / 2**20, 1), "peak_over_base_mb": round(max(0, peak - base) / 2**20, 1)}
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak, done = [base], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.001)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    _step(block, x, g)
+    done.set()
+    t.join()
+    return {"peak_rss_mb": round(peak[0] / 2**20, 1), "peak_over_base_mb": round((peak[0] - base) / 2**20, 1)}
 
 
 def run_bench(tokens_list: list[int], repeats: int, json_path: Path | None, threads: int = 1) -> dict:
+    """Timings interleaved round-robin in one process (so load drifts hit every impl alike), memory per subprocess."""
+    torch.set_num_threads(threads)
+    hf, ours = _blocks()
     rows = []
     for tokens in tokens_list:
+        impls = [i for i in IMPLS if not (i == "batched_mm" and _batched_mm_gb(tokens) > BATCHED_MM_LIMIT_GB)]
+        x = torch.randn(1, tokens, CONFIG["hidden_size"], requires_grad=True)
+        g = torch.randn_like(x)
+        times: dict[str, list[float]] = {i: [] for i in impls}
+        for rep in range(repeats + 1):  # pass 0 is a warm-up
+            for impl in impls:
+                dt = _step(_block(hf, ours, impl), x, g)
+                if rep:
+                    times[impl].append(dt)
         for impl in IMPLS:
-            if impl == "batched_mm" and _batched_mm_gb(tokens) > BATCHED_MM_LIMIT_GB:
+            if impl not in impls:
                 rows.append({"tokens": tokens, "impl": impl, "tokens_per_s": None, "peak_rss_mb": None,
                              "note": f"skipped: gathers {_batched_mm_gb(tokens):.1f} GB of expert weights"})
                 continue
-            cmd = [sys.executable, "-m", "lmlab.moe.bench", impl, str(tokens), str(repeats), str(threads)]
-            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-            if out.returncode:
-                rows.append({"tokens": tokens, "impl": impl, "tokens_per_s": None, "peak_rss_mb": None,
-                             "note": f"failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}"})
-            else:
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"tokens {tokens} {impl}: {rows[-1].get('tokens_per_s')}", file=sys.stderr)
+            med = statistics.median(times[impl])
+            row = {"tokens": tokens, "impl": impl, "tokens_per_s": tokens / med, "seconds": med}
+            out = subprocess.run([sys.executable, "-m", "lmlab.moe.bench", impl, str(tokens), str(threads)],
+                                 capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            row.update(json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"peak_rss_mb": None})
+            rows.append(row)
+            print(f"tokens {tokens} {impl}: {row['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
     speedup = {}
     for tokens in tokens_list:
-        hf = [r["tokens_per_s"] for r in rows if r["tokens"] == tokens and r["impl"] != "ours" and r["tokens_per_s"]]
-        ours = next(r for r in rows if r["tokens"] == tokens and r["impl"] == "ours")
-        if hf and ours["tokens_per_s"]:
-            speedup[str(tokens)] = round(ours["tokens_per_s"] / max(hf), 3)
-            ours["speedup_vs_best_hf"] = speedup[str(tokens)]
+        hf_best = [r["tokens_per_s"] for r in rows if r["tokens"] == tokens and r["impl"] != "ours" and r["tokens_per_s"]]
+        mine = next(r for r in rows if r["tokens"] == tokens and r["impl"] == "ours")
+        speedup[str(tokens)] = round(mine["tokens_per_s"] / max(hf_best), 3)
+        mine["speedup_vs_best_hf"] = speedup[str(tokens)]
     result = {"config": CONFIG, "repeats": repeats, "torch_threads": threads,
               "load_avg_1m": os.getloadavg()[0], "rows": rows, "speedup_vs_best_hf": speedup}
     print(markdown_table(rows, ["tokens", "impl", "tokens_per_s", "peak_rss_mb", "peak_over_base_mb", "speedup_vs_best_hf"], floatfmt=".1f"))
@@ -105,4 +135,4 @@ def run_bench(tokens_list: list[int], repeats: int, json_path: Path | None, thre
 
 
 if __name__ == "__main__":
-    print(json.dumps(child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))
+    print(json.dumps(child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))))

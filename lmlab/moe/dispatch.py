@@ -83,5 +83,6 @@ def run_experts(x: Tensor, p: Plan, w13: Tensor, w2: Tensor) -> Tensor:
         return out
     h = grouped_mm(x[p.token], w13, p.offsets)
     gate, up = h.chunk(2, dim=-1)
-    y = grouped_mm(F.silu(gate) * up, w2, p.offsets)
-    return out.index_add_(0, p.token, y * p.weight[:, None].to(y.dtype))
+    # scale rows before the down projection: diag(g) (a W2) = (diag(g) a) W2, on I columns instead of H
+    a = F.silu(gate) * (up * p.weight[:, None].to(up.dtype))
+    return out.index_add_(0, p.token, grouped_mm(a, w2, p.offsets))
