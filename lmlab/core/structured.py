@@ -87,8 +87,8 @@ class JsonSchemaProcessor:
         out = logits.float()  # xgrammar's CPU kernel masks float32; sampling upcasts anyway
         if len(done) < len(rows):
             mask = self.bitmask[: len(rows)].to(out.device, non_blocking=True)
-            xgr.apply_token_bitmask_inplace(out, mask, vocab_size=self.vocab_size,
-                                            indices=[j for j in range(len(rows)) if j not in set(done)])
+            closed = set(done)
+            xgr.apply_token_bitmask_inplace(out, mask, vocab_size=self.vocab_size, indices=[j for j in range(len(rows)) if j not in closed])
         for j in done:  # the value is closed: only EOS
             out[j].fill_(float("-inf"))
             out[j, self.eos] = 0.0
