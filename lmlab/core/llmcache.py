@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -30,7 +30,6 @@ class Request:
     json_schema: dict | None = None
     sample: int = 0
     tag: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)  # caller's context (not hashed)
 
     @property
     def key(self) -> str:
@@ -86,7 +85,7 @@ class LLMCache:
         return out
 
     def put(self, req: Request, entry: Entry) -> None:
-        body = json.dumps({k: v for k, v in asdict(req).items() if k != "meta"}, ensure_ascii=False)
+        body = json.dumps(asdict(req), ensure_ascii=False)
         self.put_key(req.key, req.tag, req.model, body, entry)
 
     def put_key(self, key: str, tag: str, model: str, request_json: str, entry: Entry) -> None:

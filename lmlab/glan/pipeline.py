@@ -49,7 +49,7 @@ class StageStats:
     new: int = 0  # sent to the model in this run
     invalid: int = 0  # replies that failed validation (each is retried)
     dropped: int = 0  # items given up after all retries
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # behind every reply of the stage (cached or new)
     completion_tokens: int = 0
     seconds: float = 0.0
 
@@ -102,6 +102,9 @@ class Caller:
         got = {i: hit[r.key] for i, r in reqs.items() if r.key in hit}
         st.calls += len(reqs)
         st.cached += len(got)
+        for e in got.values():  # token columns describe every reply behind the stage, cached or new
+            st.prompt_tokens += e.prompt_tokens
+            st.completion_tokens += e.completion_tokens
         missing = [i for i in reqs if i not in got]
         if missing and self.export:
             raise PendingExport(stage, [reqs[i] for i in missing])
