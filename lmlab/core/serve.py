@@ -184,9 +184,9 @@ def create_app(lm: Any, model_name: str = "smollm2-135m-instruct", api_key: str 
             if not secrets.compare_digest(auth.encode(), f"Bearer {api_key}".encode()):
                 return err(401, "invalid or missing API key (send 'Authorization: Bearer <key>')", kind="authentication_error")
         if request.method == "POST":
-            size = request.headers.get("content-length")
-            if size is None:
-                return err(411, "Content-Length required")
+            size = request.headers.get("content-length", "")
+            if not size.isdigit():
+                return err(411, "a numeric Content-Length header is required")
             if int(size) > max_body_bytes:
                 return err(413, f"request body of {size} bytes exceeds the limit of {max_body_bytes} bytes")
         return await call_next(request)
