@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-
 from lmlab.core.engine import SamplingParams, make_generator
 from lmlab.core.errors import LmlabError
 from lmlab.core.loader import LoadedModel

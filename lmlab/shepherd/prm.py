@@ -103,7 +103,6 @@ class PRM:
     @torch.inference_mode()
     def score_batch(self, items: Sequence[tuple[str, Sequence[str]]], batch_size: int = 32) -> list[list[float]]:
         """P('+') at each step of each (question, steps) item."""
-        out: list[list[float]] = []
         enc = [self.encode(q, s) for q, s in items]
         order = sorted(range(len(enc)), key=lambda i: len(enc[i][0]))  # length-sorted batches waste less padding
         scores: dict[int, list[float]] = {}
@@ -111,8 +110,7 @@ class PRM:
             idx = order[i:i + batch_size]
             for j, lg in zip(idx, self._tag_logits([enc[j] for j in idx])):
                 scores[j] = lg.softmax(-1)[:, 0].tolist()
-        out = [scores[i] for i in range(len(enc))]
-        return out
+        return [scores[i] for i in range(len(enc))]
 
     def score_steps(self, question: str, steps: Sequence[str]) -> list[float]:
         """Per-step rewards in [0, 1]; the PRM's public API (best-of-N uses min, step-level PPO uses each)."""
