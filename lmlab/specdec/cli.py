@@ -67,12 +67,13 @@ def register(app: typer.Typer) -> None:
         target: str = typer.Option("smollm2-135m-instruct", "--target", "-m"),
         methods: str = typer.Option(",".join(("ar", "sps", "pld", "eagle", "hf_assisted", "hf_prompt_lookup")), "--methods"),
         json_path: Optional[Path] = typer.Option(None, "--json", help="Write the summary JSON here (rows go to PATH.rows.jsonl)."),
+        categories: str = typer.Option("", "--categories", help="Comma-separated subset of categories (default: all)."),
     ) -> None:
         """Greedy Spec-Bench run: speedups, accepted tokens, acceptance, cost ratio c, predicted speedup, losslessness."""
         from .bench import run_bench, table
 
         res = run_bench(target, prompts, limit_per_category or None, max_new_tokens, tuple(methods.split(",")), json_path,
-                        log=lambda s: typer.echo(s, err=True))
+                        tuple(c for c in categories.split(",") if c), log=lambda s: typer.echo(s, err=True))
         typer.echo(table(res))
 
     app.add_typer(sub, name="specdec")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from ..core import loader
 from ..core.errors import LmlabError
@@ -31,8 +32,7 @@ def find_trained(lm: LoadedModel, kind: str) -> Path | None:
 
 
 def _default_draft() -> Path:
-    lm = loader.load_model(loader.DEFAULT_MODEL)
-    p = find_trained(lm, "draft")
+    p = find_trained(SimpleNamespace(path=loader.resolve(loader.DEFAULT_MODEL)), "draft")  # only the path is needed
     if p is None:
         raise LmlabError(f"model alias {DRAFT_ALIAS!r} is not trained yet", hint="run `lmlab specdec train-draft` (a few minutes on CPU)")
     return p

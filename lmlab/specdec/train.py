@@ -53,7 +53,7 @@ class DraftTrainConfig:
 
     @staticmethod
     def quick() -> "DraftTrainConfig":
-        return DraftTrainConfig(prompts=32, new_tokens=64, steps=150)
+        return DraftTrainConfig(prompts=16, new_tokens=64, steps=80, batch=4, window=96)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True, default=str).encode()).hexdigest()[:10]
