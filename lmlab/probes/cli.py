@@ -82,7 +82,7 @@ def capture(
     dtype: str = typer.Option("float32", "--dtype", help="Model dtype."),
     store_dtype: str = typer.Option("float32", "--store-dtype", help="float32 | float16 on disk."),
     batch_size: int = typer.Option(32, "--batch-size"),
-    shard_rows: int = typer.Option(1024, "--shard-rows"),
+    shard_rows: int = typer.Option(256, "--shard-rows", help="Rows per shard (memory held while capturing: rows x layers x positions x hidden)."),
 ) -> None:
     """Capture residual-stream activations for a data set into safetensors shards (resumable)."""
     import torch

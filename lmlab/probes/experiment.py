@@ -51,9 +51,10 @@ class NumbersConfig:
 
 def quick_config(model: str = DEFAULT_MODEL, seed: int = 0) -> NumbersConfig:
     """The minutes-scale subset used by `lmlab reproduce --quick` and `lmlab probe numbers --quick`: all hidden
-    states, 40 train / 15 test prompts per digit count, MLP probes on every 6th layer, 24 steering prompts."""
+    states, 40 train / 15 test prompts per digit count, MLP probes on every 6th layer, 16 steering prompts on
+    windows starting every 6th layer."""
     return NumbersConfig(model=model, train_per_digit=40, test_per_digit=15, mlp_layers=list(range(0, 64, 6)),
-                         addition_per_digit=8, steer_prompts=24, steer_starts=list(range(1, 64, 4)), seed=seed)
+                         addition_per_digit=6, steer_prompts=16, steer_starts=list(range(1, 64, 6)), seed=seed)
 
 
 def _fingerprint(*parts: Any) -> str:
