@@ -67,12 +67,15 @@ def r2_by_digits(result: dict[str, Any], out: Path, target: str = "sum", positio
         m = sorted((r for r in result["layers"] if r["probe"] == pr and r["target"] == target and r["position"] == position), key=lambda r: r["layer"])
         if m:
             ax2.plot([r["layer"] for r in m], [r["r2"] for r in m], "o--", label=f"trained ({pr})")
+    within = lambda rs: [float(np.mean([v["r2"] for v in r["by_digits"].values()])) for r in rs]  # noqa: E731
+    ax2.plot(layers, within(sel), ":", label="trained, mean within-digit")
     if result.get("random_init"):
         rnd = sorted((r for r in result["random_init"] if r["target"] == target and r["position"] == position), key=lambda r: r["layer"])
         ax2.plot([r["layer"] for r in rnd], [r["r2"] for r in rnd], label="random init")
-    ax2.set_title(f"overall R² of log2({target}) @{position}", fontsize=9)
+        ax2.plot([r["layer"] for r in rnd], within(rnd), ":", label="random init, mean within-digit")
+    ax2.set_title(f"R² of log2({target}) @{position}: overall vs within digit count", fontsize=9)
     ax2.set_xlabel("layer")
-    ax2.set_ylim(-0.1, 1.02)
+    ax2.set_ylim(-0.5, 1.02)
     ax2.legend(fontsize=7)
     fig.tight_layout()
     path = out / "probes_r2_by_digits.png"
