@@ -98,18 +98,22 @@ def chat(
 @app.command()
 def models() -> None:
     """List model aliases and where converted checkpoints are cached."""
-    from .core.loader import ALIASES
+    from .core.loader import ALIASES, DEFAULT_MODEL, _import_system_aliases, _smollm2_gguf
     from .core.paths import cache_dir
 
+    _import_system_aliases()
     root = cache_dir("models")
     typer.echo(f"cache: {root}")
     for name, locate in sorted(ALIASES.items()):
-        cached = (root / name / "config.json").exists()
-        try:
-            src = str(locate())
-        except LmlabError as e:
-            src = f"unavailable: {e}"
-        typer.echo(f"{name:32s} {'cached' if cached else 'not converted yet':18s} {src}")
+        if name == DEFAULT_MODEL:  # embedded GGUF, converted on first use
+            cached = (root / name / "config.json").exists()
+            try:
+                src = f"{'converted' if cached else 'not converted yet'}; from {_smollm2_gguf()}"
+            except LmlabError as e:
+                src = f"unavailable: {e}"
+        else:  # trained by lmlab on first use (resolving it here could start training)
+            src = f"trained by lmlab.{locate.__module__.split('.')[1]} on first use, then cached"
+        typer.echo(f"{name:36s} {src}")
 
 
 @bench_app.command("decode")

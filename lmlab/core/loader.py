@@ -255,7 +255,24 @@ def resolve(name: str) -> Path:
         return out
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         return _from_hub(name)
+    if _import_system_aliases() and name in ALIASES:
+        return resolve(name)
     raise LmlabError(f"unknown model {name!r}: not an alias, directory or file", hint=f"aliases: {', '.join(sorted(ALIASES))}; see `lmlab models`")
+
+
+def _import_system_aliases() -> bool:
+    """Systems register aliases for the models they train when their package is imported; import them once."""
+    import importlib
+
+    from .. import SYSTEMS
+
+    before = len(ALIASES)
+    for system in SYSTEMS:
+        try:
+            importlib.import_module(f"lmlab.{system}")
+        except ModuleNotFoundError:
+            continue
+    return len(ALIASES) > before
 
 
 def _from_hub(repo_id: str) -> Path:
