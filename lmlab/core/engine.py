@@ -115,26 +115,40 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_p
 
 
 class _RowText:
-    """Incremental detokenisation with stop strings; holds back text that might start a stop string."""
+    """Incremental detokenisation with stop strings; holds back text that might start a stop string.
+
+    Decodes only a sliding window of ids (the prefix/read offsets of TGI and vLLM), so a step costs O(1) in the
+    length generated so far; the window's shared prefix keeps tokenizers that drop leading spaces correct."""
 
     def __init__(self, tokenizer: Any, stop: list[str]):
         self.tok, self.stop = tokenizer, stop
         self.ids: list[int] = []
+        self.prefix_offset = self.read_offset = 0
         self.emitted = 0
         self.text = ""
         self.stopped = False
 
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        self.text = self.tok.decode(self.ids, skip_special_tokens=True) if self.tok is not None else ""
-        for s in self.stop:
-            at = self.text.find(s)
-            if at >= 0:
-                self.text, self.stopped = self.text[:at], True
+        if self.tok is None:
+            return ""
+        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        window = self._decode(self.ids[self.prefix_offset:])
+        if len(window) > len(prefix) and not window.endswith("\ufffd"):  # a complete UTF-8 sequence arrived
+            added = window[len(prefix):]
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            start = max(0, len(self.text) - max((len(x) for x in self.stop), default=0))
+            self.text += added
+            for s in self.stop:  # only the tail can hold a stop string that was not there before
+                at = self.text.find(s, start)
+                if at >= 0:
+                    self.text, self.stopped = self.text[:at], True
+                    start = min(start, at)
         safe = len(self.text)
         if not self.stopped:
-            if self.text.endswith("\ufffd"):  # an incomplete UTF-8 sequence
-                safe -= 1
             for s in self.stop:  # a suffix that could grow into a stop string
                 for k in range(min(len(s) - 1, len(self.text)), 0, -1):
                     if self.text.endswith(s[:k]):

@@ -125,3 +125,21 @@ def test_seed_reproducible(tiny):
     assert a == generate(tiny, None, [[1, 2, 3]], p)[0].token_ids
     p.seed = 8
     assert a != generate(tiny, None, [[1, 2, 3]], p)[0].token_ids
+
+
+@pytest.mark.parametrize("text", ["Hello wörld, naïve café 😀 emoji — dash\n\nnew para 12345", "  leading spaces\ttabs 日本語テキスト"])
+def test_incremental_detokenisation_equals_full_decode(smollm, text):
+    from lmlab.core.engine import _RowText
+
+    tok = smollm.tokenizer
+    ids = tok(text, add_special_tokens=False).input_ids
+    full = tok.decode(ids, skip_special_tokens=True)
+    for stop in [[], ["café"], ["\n\n"], ["テキ"], ["zzz", "12"]]:
+        row, out = _RowText(tok, stop), ""
+        for i in ids:
+            out += row.push(i)
+            if row.stopped:
+                break
+        out += row.flush()
+        cut = min([full.find(s) for s in stop if s in full], default=len(full))
+        assert out == full[:cut], (stop, out)
