@@ -132,7 +132,7 @@ def save_checkpoint(model: Transformer, tokenizer: Any, path: str | Path) -> Pat
     return path
 
 
-class _LazyTensors:
+class SafetensorsDir:
     """Read tensors one at a time from a set of safetensors files (memory-mapped), cast on the way.
 
     Peak memory while loading is then about the final model plus one tensor, instead of 2-3x the model."""
@@ -159,6 +159,12 @@ class _LazyTensors:
         raise LmlabError(f"{f}: corrupt or unreadable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
                          hint="re-download or re-convert the checkpoint") from None
 
+    def __contains__(self, key: str) -> bool:
+        return key in self.where
+
+    def keys(self):
+        return self.where.keys()
+
     def __getitem__(self, key: str) -> torch.Tensor:
         f, h = self.where[key]
         try:
@@ -172,7 +178,7 @@ def load_checkpoint_dir(folder: Path, dtype: torch.dtype = torch.float32, device
     if not cfg_path.exists():
         raise LmlabError(f"{folder}: no config.json", hint="pass a Hugging Face checkpoint directory or a .gguf file")
     cfg = ModelConfig.from_file(cfg_path)
-    sd = hf_to_native(_LazyTensors(folder, dtype), cfg)  # type: ignore[arg-type]
+    sd = hf_to_native(SafetensorsDir(folder, dtype), cfg)  # type: ignore[arg-type]
     with torch.device("meta"):
         model = Transformer(cfg)
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)

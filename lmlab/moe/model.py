@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..core.config import ModelConfig
 from ..core.errors import LmlabError
+from ..core.loader import SafetensorsDir
 from ..core.model import Transformer
 from .layer import MoE, MoEConfig, RouterStats
 
@@ -207,22 +208,6 @@ def save_moe(model: MoETransformer, tokenizer: Any, path: str | Path) -> Path:
     return path
 
 
-def _read_safetensors(folder: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise LmlabError(f"{folder}: no *.safetensors files", hint="pass a Hugging Face checkpoint directory")
-    sd: dict[str, Tensor] = {}
-    for f in files:
-        try:
-            sd.update(load_file(str(f)))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise LmlabError(f"{f}: corrupt or unreadable safetensors file ({type(e).__name__})", hint="re-download or re-save the checkpoint") from None
-    return sd
-
-
 def load_moe(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> MoETransformer:
     """Load a DeepSeekMoE-style checkpoint directory (config.json + safetensors)."""
     folder = Path(path)
@@ -239,7 +224,7 @@ def load_moe(path: str | Path, dtype: torch.dtype = torch.float32, device: str |
     with torch.device("meta"):
         model = MoETransformer(cfg, moe, first)
     model = model.to_empty(device=device)
-    sd = hf_to_native(_read_safetensors(folder), cfg, moe, first)
+    sd = hf_to_native(SafetensorsDir(folder, torch.float32), cfg, moe, first)  # type: ignore[arg-type]
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.endswith("router.bias") and not (cfg.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
