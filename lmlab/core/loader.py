@@ -11,8 +11,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ import torch
 from .config import ModelConfig
 from .errors import LmlabError
 from .model import Transformer
-from .paths import cache_dir
+from .paths import atomic_dir, cache_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -117,18 +115,13 @@ def save_checkpoint(model: Transformer, tokenizer: Any, path: str | Path) -> Pat
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(native_to_hf(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    cfg = model.cfg.to_hf()
-    cfg["torch_dtype"] = str(model.dtype).removeprefix("torch.")
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    with atomic_dir(path) as tmp:
+        save_file(native_to_hf(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        cfg = model.cfg.to_hf()
+        cfg["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
     return path
 
 

@@ -12,7 +12,6 @@ import json
 from functools import lru_cache
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from .engine import LogitsProcessor

@@ -10,8 +10,6 @@ Checkpoints use the DeepSeekMoE Hugging Face layout (`model_type: deepseek`, as 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from torch import Tensor
 from ..core.config import ModelConfig
 from ..core.errors import LmlabError
 from ..core.loader import SafetensorsDir
+from ..core.paths import atomic_dir
 from ..core.model import Transformer
 from .layer import MoE, MoEConfig, RouterStats
 
@@ -195,16 +194,11 @@ def save_moe(model: MoETransformer, tokenizer: Any, path: str | Path) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(native_to_hf(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(config_to_hf(model), indent=2))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    with atomic_dir(path) as tmp:
+        save_file(native_to_hf(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config_to_hf(model), indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
     return path
 
 
