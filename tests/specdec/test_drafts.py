@@ -1,0 +1,109 @@
+"""Draft training, checkpoints and user-facing errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmlab.core.errors import LmlabError
+from lmlab.core.train import train_bpe_tokenizer
+from lmlab.core.loader import save_checkpoint
+from lmlab.specdec.bench import load_questions
+from lmlab.specdec.drafters import AdaptiveLength, PromptLookup
+from lmlab.specdec.eagle import load_head
+from lmlab.specdec.registry import load_draft, make_drafter
+from lmlab.specdec.train import DraftTrainConfig, train_draft_lm, train_eagle_head
+
+
+def test_prompt_lookup_finds_latest_longest_match():
+    pl = PromptLookup(max_ngram=3)
+    ctx = [5, 1, 2, 3, 9, 9, 1, 2, 3, 7, 8, 4, 1, 2, 3]
+    assert pl.lookup(ctx, 2) == [7, 8]  # the latest earlier occurrence of (1, 2, 3)
+    assert pl.lookup([1, 2, 3, 4], 3) == []  # nothing repeats
+    assert pl.lookup([4, 6, 4], 5) == [6, 4]  # falls back to a 1-gram
+
+
+def test_adaptive_length_follows_acceptance():
+    a = AdaptiveLength(gamma_max=8, c=0.1)
+    for _ in range(30):
+        a.observe(4, 4)
+    high = a.gamma()
+    for _ in range(30):
+        a.observe(0, 1)
+    assert high >= 6 and a.gamma() == 1
+
+
+def test_trained_drafts_round_trip(smollm, tmp_path):
+    """Both drafts train on the target's generations and reload; the draft LM is an ordinary HF checkpoint
+    (transformers loads it and agrees with the native model), the head reloads bit-identically."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = DraftTrainConfig(prompts=2, new_tokens=8, steps=3, batch=2, window=32, vocab=1024)
+    d = train_draft_lm(smollm, cfg, tmp_path / "draft")
+    assert json.loads((d / "specdec_train.json").read_text())["final"]["step"] == 3
+    lmd = load_draft(smollm, str(d))
+    hf = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32).eval()
+    ids = torch.tensor([[1, 510, 3382, 314, 253, 1345]])
+    with torch.inference_mode():
+        ref = hf(ids).logits[0, -1]
+        got = lmd.model(ids, lmd.model.new_cache(1, 8)).logits[0]
+    assert torch.allclose(ref, got, atol=1e-3)
+    h = train_eagle_head(smollm, cfg, tmp_path / "head")
+    a, b = load_head(h, smollm.model), load_head(h, smollm.model)
+    own = [k for k in a.state_dict() if not k.startswith(("body.embed", "body.lm_head"))]  # unused 1-token stubs
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in own) and "fc.weight" in own
+    assert make_drafter(smollm, "eagle", head=str(h)).vocab.numel() == 1024
+
+
+def test_mismatched_tokenizer_is_one_line_error(smollm, tmp_path, make_tiny):
+    tok = train_bpe_tokenizer(["hello world, speculative decoding"] * 20, vocab_size=300)
+    m = make_tiny(0, vocab=len(tok))
+    save_checkpoint(m, tok, tmp_path / "other")
+    with pytest.raises(LmlabError, match="different tokenizers"):
+        load_draft(smollm, str(tmp_path / "other"))
+
+
+def test_bad_inputs(smollm, tmp_path):
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"question_id": 1, "category": "x", "turns": ["hi"]}\n{"oops": 1}\n')
+    with pytest.raises(LmlabError, match="q.jsonl:2"):
+        load_questions(bad, None)
+    with pytest.raises(LmlabError, match="unknown speculative method"):
+        make_drafter(smollm, "medusa")
+    assert [q["text"] for q in load_questions(_ok(tmp_path), 1)] == ["a", "c"]
+
+
+def _ok(tmp_path):
+    p = tmp_path / "ok.jsonl"
+    rows = [{"question_id": i, "category": c, "turns": [t]} for i, (c, t) in enumerate([("w", "a"), ("w", "b"), ("m", "c")])]
+    p.write_text("\n".join(json.dumps(r) for r in rows))
+    return p
+
+
+def test_generate_speculative_flag_uses_specdec(smollm):
+    """`lmlab generate --speculative pld` goes through LocalBackend.stream -> speculative_stream."""
+    from lmlab.core.backends import LocalBackend
+    from lmlab.core.engine import SamplingParams
+
+    chat = [{"role": "user", "content": "List three colours, then list them again."}]
+    p = SamplingParams(max_new_tokens=24)
+    plain = "".join(LocalBackend(dtype="float32").stream(chat, p))
+    spec = "".join(LocalBackend(dtype="float32", speculative="pld").stream(chat, p))
+    assert spec == plain and plain
+
+
+def test_bench_json_shape(smollm, tmp_path):
+    """A two-prompt run of the benchmark (plain vs prompt lookup) writes the issue's JSON shape and resumes."""
+    from lmlab.specdec.bench import run_bench
+
+    out = tmp_path / "b.json"
+    res = run_bench("smollm2-135m-instruct", _ok(tmp_path), 1, 12, ("ar", "pld"), out, log=lambda s: None)
+    saved = json.loads(out.read_text())
+    assert set(saved["per_category"]) == {"w", "m"} and saved["n_prompts"] == 2
+    for key in ("speedup", "mean_accepted_tokens", "acceptance_rate", "lossless", "c", "predicted_speedup", "achieved_fraction"):
+        assert key in saved["overall"]["pld"]
+    assert saved["overall"]["pld"]["lossless"] is True and res["overall"]["ar"]["speedup"] == 1.0
+    again = run_bench("smollm2-135m-instruct", _ok(tmp_path), 1, 12, ("ar", "pld"), out, log=lambda s: (_ for _ in ()).throw(AssertionError("recomputed")))
+    assert again["overall"]["pld"]["tokens"] == res["overall"]["pld"]["tokens"]
