@@ -95,7 +95,6 @@ class DraftModel:
 
     def begin(self, prompts: list[list[int]], hidden: Tensor, capacity: int) -> None:
         self.cache = self.model.new_cache(len(prompts), capacity)
-        self._t_last = time.perf_counter()
 
     def propose(self, ctx: list[list[int]], params: SamplingParams, gen: torch.Generator | None) -> list[Draft]:
         g = self.length.gamma()
