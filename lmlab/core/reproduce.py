@@ -37,7 +37,10 @@ def run(ctx: ReproduceContext) -> Section:
     png = ctx.out_dir / "decode.png"
     fig.savefig(png, dpi=110)
     plt.close(fig)
-    best = max(r["speedup_vs_hf"] for r in rows if r["batch"] == 1)
+    b1 = [r for r in rows if r["batch"] == 1]
+    default = b1[0]["speedup_vs_hf"]  # native 'auto' dtype vs transformers' default
+    same = min(r["speedup_vs_hf"] for r in b1 if r["native_dtype"] == r["hf_dtype"])
+    int8 = next((r["speedup_vs_hf"] for r in b1 if r["native_dtype"] == "int8"), float("nan"))
     md = (f"Native Llama-family engine on `{ctx.model}` (dequantized GGUF, cached as safetensors).\n\n"
           f"Max |logit difference| against transformers' LlamaForCausalLM on the same weights (fp32, {ids.shape[1]} tokens): "
           f"**{diff:.2e}**.\n\nGreedy decoding, {new_tokens} new tokens, native engine vs `generate` "
@@ -46,5 +49,7 @@ def run(ctx: ReproduceContext) -> Section:
     return Section(
         "core", "Foundation: native engine", md, [png], {"max_logit_diff": diff, "decode": rows},
         [Verdict("native logits equal transformers' on the same weights", f"max |diff| {diff:.1e}", diff < 1e-3),
-         Verdict("decode ≥ 2.5x transformers generate at batch 1 (issue target)", f"best {best:.2f}x", best >= 2.5)],
+         Verdict("decode ≥ 2.5x transformers generate at batch 1, default dtypes (issue target)", f"{default:.2f}x", default >= 2.5),
+         Verdict("same at equal dtype", f"worst {same:.2f}x", same >= 2.5),
+         Verdict("same with opt-in int8 weights (not bit-exact)", f"{int8:.2f}x", int8 >= 2.5)],
     )
