@@ -27,7 +27,8 @@ def run(ctx: ReproduceContext) -> Section:
     new_tokens = 32 if ctx.quick else 128
     rows = run_decode_bench(ctx.model, [1] if ctx.quick else [1, 8], new_tokens, 1 if ctx.quick else 2, ctx.out_dir / "decode.json")
     fig, ax = plt.subplots(figsize=(6, 3))
-    labels = [f"b{r['batch']} {r['native_dtype'][:4]}/{r['hf_dtype'][:4]}" for r in rows]
+    short = {"float32": "fp32", "bfloat16": "bf16", "int8": "int8"}
+    labels = [f"b{r['batch']} {short[r['native_dtype']]} vs {short[r['hf_dtype']]}" for r in rows]
     ax.bar([x - 0.2 for x in range(len(rows))], [r["native_tokens_per_s"] for r in rows], 0.4, label="lmlab native")
     ax.bar([x + 0.2 for x in range(len(rows))], [r["hf_tokens_per_s"] for r in rows], 0.4, label="transformers generate")
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
