@@ -229,10 +229,15 @@ def generate(
     processors: Sequence[LogitsProcessor] = (), **forward_kw: Any
 ) -> list[Generation]:
     """Generate for a batch of token-id prompts (different lengths allowed)."""
+    return collect(stream_generate(model, tokenizer, prompts, params, processors, **forward_kw), prompts)
+
+
+def collect(events: Iterator[StreamEvent], prompts: Sequence[Sequence[int]]) -> list[Generation]:
+    """Gather a stream of events (plain or speculative) into one Generation per prompt."""
     ids: list[list[int]] = [[] for _ in prompts]
     text = [""] * len(prompts)
     reason: list[str] = ["length"] * len(prompts)
-    for ev in stream_generate(model, tokenizer, prompts, params, processors, **forward_kw):
+    for ev in events:
         if ev.token_id is not None:
             ids[ev.row].append(ev.token_id)
         text[ev.row] += ev.text

@@ -9,7 +9,6 @@ by document (the last 5 % of documents, in sorted order, are held out), so no te
 from __future__ import annotations
 
 import hashlib
-import json
 import sysconfig
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..core.errors import LmlabError
+from ..core.data import iter_jsonl
 from ..core.paths import cache_dir
 
 
@@ -27,14 +27,8 @@ def stdlib_documents() -> list[str]:
 
 def _jsonl(path: Path) -> list[str]:
     docs = []
-    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LmlabError(f"{path}:{n}: invalid JSON ({e.msg})", hint='one {"text": ...} object per line') from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+    for n, row in iter_jsonl(path, hint='one {"text": ...} object per line'):
+        if not isinstance(row.get("text"), str):
             raise LmlabError(f'{path}:{n}: no string field "text"', hint='one {"text": ...} object per line')
         docs.append(row["text"])
     return docs

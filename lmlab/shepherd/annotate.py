@@ -25,7 +25,9 @@ from lmlab.core.errors import LmlabError
 from lmlab.core.loader import LoadedModel
 
 from .complete import complete_cuts
-from .data import Problem, StepSolution, extract_answer, is_correct, to_math_shepherd, to_row, to_trl, write_jsonl
+from lmlab.core.data import write_jsonl
+
+from .data import Problem, StepSolution, extract_answer, is_correct, to_math_shepherd, to_row, to_trl
 from .policy import encode_prompt
 
 

@@ -10,19 +10,18 @@ Every reader names the file and line of a malformed row (LmlabError), never a de
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
+from lmlab.core.data import iter_jsonl
 from lmlab.core.errors import LmlabError
 
 STEP_TAG = "ки"  # Math-Shepherd's step tag (a rare Cyrillic bigram, one token in Llama/Mistral vocabularies)
 ANSWER_RE = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
 _MS_ANSWER_RE = re.compile(r"[Tt]he answer is:?\s*\$?(-?[\d,]*\.?\d+)")
 _CALC_RE = re.compile(r"<<[^>]*>>")  # GSM8K calculator annotations
-
 
 @dataclass
 class Problem:
@@ -32,7 +31,6 @@ class Problem:
     question: str
     answer: str
     steps: list[str] = field(default_factory=list)
-
 
 @dataclass
 class StepSolution:
@@ -53,7 +51,6 @@ class StepSolution:
         if self.labels is not None and len(self.labels) != len(self.steps):
             raise ValueError(f"{len(self.labels)} labels for {len(self.steps)} steps")
 
-
 # ------------------------------------------------------------------------------------------ answers
 def normalize_number(text: str) -> str | None:
     """'1,234.50' -> '1234.5'; None when the text is not a number."""
@@ -64,35 +61,16 @@ def normalize_number(text: str) -> str | None:
         return None
     return str(int(v)) if v == int(v) else repr(v)
 
-
 def extract_answer(text: str) -> str | None:
     """The final answer of a solution text: the last '#### x' (GSM8K) or 'The answer is: x' (Math-Shepherd)."""
     found = ANSWER_RE.findall(text) or _MS_ANSWER_RE.findall(text)
     return normalize_number(found[-1]) if found else None
 
-
 def is_correct(answer: str | None, gold: str) -> bool:
     """Numeric equality of normalized answers (the checker Math-Shepherd uses for GSM8K-style data)."""
     return answer is not None and answer == normalize_number(gold)
 
-
 # ------------------------------------------------------------------------------------------ jsonl
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    path = Path(path)
-    if not path.exists():
-        raise LmlabError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        for no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmlabError(f"{path}:{no}: invalid JSON ({e.msg})", hint="each line must be one JSON object") from None
-            if not isinstance(row, dict):
-                raise LmlabError(f"{path}:{no}: expected a JSON object, got {type(row).__name__}")
-            yield no, row
-
 
 def _field(row: dict[str, Any], key: str, kind: type, where: str) -> Any:
     if key not in row:
@@ -100,14 +78,6 @@ def _field(row: dict[str, Any], key: str, kind: type, where: str) -> Any:
     if not isinstance(row[key], kind):
         raise LmlabError(f"{where}: field {key!r} must be {kind.__name__}, got {type(row[key]).__name__}")
     return row[key]
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
-    from lmlab.core.paths import atomic_write_text
-
-    atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return Path(path)
-
 
 # ------------------------------------------------------------------------------------------ GSM8K
 def gsm8k_problem(row: dict[str, Any], where: str, pid: str) -> Problem:
@@ -119,19 +89,16 @@ def gsm8k_problem(row: dict[str, Any], where: str, pid: str) -> Problem:
         raise LmlabError(f"{where}: answer does not end with '#### <number>'", hint="GSM8K answers end with a '#### 42' line")
     return Problem(id=pid, question=question, answer=gold, steps=[_CALC_RE.sub("", ln) for ln in lines[:-1]])
 
-
 def read_gsm8k(path: Path, limit: int | None = None) -> list[Problem]:
     out = []
-    for no, row in _rows(path):
+    for no, row in iter_jsonl(path):
         out.append(gsm8k_problem(row, f"{path}:{no}", f"{Path(path).stem}-{no}"))
         if limit is not None and len(out) >= limit:
             break
     return out
 
-
 # ------------------------------------------------------------------------------------------ Math-Shepherd
 _STEP_PREFIX = re.compile(r"^\s*Step \d+:\s*")
-
 
 def to_math_shepherd(sol: StepSolution, tag: str = STEP_TAG) -> dict[str, Any]:
     """One released-format row; hard labels (label >= 0.5 -> '+')."""
@@ -141,7 +108,6 @@ def to_math_shepherd(sol: StepSolution, tag: str = STEP_TAG) -> dict[str, Any]:
         marks = iter("+" if lab >= 0.5 else "-" for lab in sol.labels)
         row["label"] = re.sub(re.escape(tag), lambda _m: next(marks), row["input"])
     return row
-
 
 def from_math_shepherd(row: dict[str, Any], where: str, tag: str = STEP_TAG) -> StepSolution:
     text = _field(row, "input", str, where)
@@ -165,10 +131,8 @@ def from_math_shepherd(row: dict[str, Any], where: str, tag: str = STEP_TAG) -> 
             raise LmlabError(f"{where}: 'label' does not match 'input' after the last step")
     return StepSolution(question=question.strip(), steps=steps, labels=labels, answer=extract_answer(text))
 
-
 def read_math_shepherd(path: Path, tag: str = STEP_TAG) -> list[StepSolution]:
-    return [from_math_shepherd(row, f"{path}:{no}", tag) for no, row in _rows(path)]
-
+    return [from_math_shepherd(row, f"{path}:{no}", tag) for no, row in iter_jsonl(path)]
 
 # ------------------------------------------------------------------------------------------ trl
 def to_trl(sol: StepSolution) -> dict[str, Any]:
@@ -176,7 +140,6 @@ def to_trl(sol: StepSolution) -> dict[str, Any]:
     if sol.labels is None:
         raise ValueError("trl rows need labels")
     return {"prompt": sol.question, "completions": list(sol.steps), "labels": [lab >= 0.5 for lab in sol.labels]}
-
 
 def from_trl(row: dict[str, Any], where: str) -> StepSolution:
     prompt = _field(row, "prompt", str, where)
@@ -188,16 +151,13 @@ def from_trl(row: dict[str, Any], where: str) -> StepSolution:
         raise LmlabError(f"{where}: 'completions' must be strings and 'labels' booleans")
     return StepSolution(question=prompt, steps=steps, labels=[float(x) for x in labels], answer=extract_answer(steps[-1] if steps else ""))
 
-
 def read_trl(path: Path) -> list[StepSolution]:
-    return [from_trl(row, f"{path}:{no}") for no, row in _rows(path)]
-
+    return [from_trl(row, f"{path}:{no}") for no, row in iter_jsonl(path)]
 
 # ------------------------------------------------------------------------------------------ lmlab
 def to_row(sol: StepSolution) -> dict[str, Any]:
     """lmlab's own lossless jsonl row (keeps soft labels, answer and gold)."""
     return {"id": sol.id, "question": sol.question, "steps": sol.steps, "labels": sol.labels, "answer": sol.answer, "gold": sol.gold}
-
 
 def from_row(row: dict[str, Any], where: str) -> StepSolution:
     steps = _field(row, "steps", list, where)
@@ -207,6 +167,5 @@ def from_row(row: dict[str, Any], where: str) -> StepSolution:
     return StepSolution(question=_field(row, "question", str, where), steps=steps, labels=labels,
                         answer=row.get("answer"), gold=row.get("gold"), id=str(row.get("id", "")))
 
-
 def read_solutions(path: Path) -> list[StepSolution]:
-    return [from_row(row, f"{path}:{no}") for no, row in _rows(path)]
+    return [from_row(row, f"{path}:{no}") for no, row in iter_jsonl(path)]

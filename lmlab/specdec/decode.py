@@ -15,7 +15,7 @@ from typing import Any, Iterator, Protocol, Sequence
 import torch
 from torch import Tensor
 
-from ..core.engine import (Generation, SamplingParams, StreamEvent, _RowText, check_context, eos_ids, make_generator,
+from ..core.engine import (Generation, collect, SamplingParams, StreamEvent, _RowText, check_context, eos_ids, make_generator,
                            probs_from_logits, sample)
 from ..core.model import Transformer
 from .verify import AcceptFn, Draft, accept, tree_attention
@@ -198,13 +198,4 @@ def spec_stream(
 def spec_generate(model: Transformer, tokenizer: Any, drafter: Drafter, prompts: Sequence[Sequence[int]],
                   params: SamplingParams | None = None, accept_fn: AcceptFn = accept, stats: SpecStats | None = None) -> list[Generation]:
     """Speculative version of `engine.generate` (same results under greedy decoding, same distribution when sampling)."""
-    ids: list[list[int]] = [[] for _ in prompts]
-    text = [""] * len(prompts)
-    reason = ["length"] * len(prompts)
-    for ev in spec_stream(model, tokenizer, drafter, prompts, params, accept_fn, stats):
-        if ev.token_id is not None:
-            ids[ev.row].append(ev.token_id)
-        text[ev.row] += ev.text
-        if ev.finish_reason:
-            reason[ev.row] = ev.finish_reason
-    return [Generation(i, t, r, len(pr)) for i, t, r, pr in zip(ids, text, reason, prompts)]
+    return collect(spec_stream(model, tokenizer, drafter, prompts, params, accept_fn, stats), prompts)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from lmlab.core.data import write_jsonl
 from lmlab.core.errors import LmlabError
 from lmlab.shepherd import data as D
 from lmlab.shepherd.truth import step_truth
@@ -33,9 +34,9 @@ def test_released_row_parses():
 def test_formats_round_trip(tmp_path):
     sols = [D.StepSolution(p.question, p.steps + [f"#### {p.answer}"], [1.0] * len(p.steps) + [0.0], p.answer, p.answer, p.id)
             for p in make_problems(20, seed=3)]
-    D.write_jsonl(tmp_path / "ms.jsonl", (D.to_math_shepherd(s) for s in sols))
-    D.write_jsonl(tmp_path / "trl.jsonl", (D.to_trl(s) for s in sols))
-    D.write_jsonl(tmp_path / "own.jsonl", (D.to_row(s) for s in sols))
+    write_jsonl(tmp_path / "ms.jsonl", (D.to_math_shepherd(s) for s in sols))
+    write_jsonl(tmp_path / "trl.jsonl", (D.to_trl(s) for s in sols))
+    write_jsonl(tmp_path / "own.jsonl", (D.to_row(s) for s in sols))
     for back in (D.read_math_shepherd(tmp_path / "ms.jsonl"), D.read_trl(tmp_path / "trl.jsonl")):
         assert [(b.question, b.steps, b.labels) for b in back] == [(s.question, s.steps, s.labels) for s in sols]
     assert D.read_solutions(tmp_path / "own.jsonl") == sols
