@@ -82,10 +82,8 @@ def hf_to_native(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, tor
     return out
 
 
-def native_to_hf(model: Transformer) -> dict[str, torch.Tensor]:
-    """The inverse of `hf_to_native`, for saving native models as standard HF checkpoints."""
-    cfg = model.cfg
-    sd = model.state_dict()
+def shared_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Embeddings, norms and attention in HF names (un-fusing q/k/v); every Llama-family variant shares these."""
     out = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm.weight"]}
     if not cfg.tie_word_embeddings:
         out["lm_head.weight"] = sd["lm_head.weight"]
@@ -100,6 +98,16 @@ def native_to_hf(model: Transformer) -> dict[str, torch.Tensor]:
             for name, t in zip("qkv", sd[n + "attn.wqkv.bias"].split([q, kv, kv])):
                 out[p + f"self_attn.{name}_proj.bias"] = t
         out[p + "self_attn.o_proj.weight"] = sd[n + "attn.wo.weight"]
+    return out
+
+
+def native_to_hf(model: Transformer) -> dict[str, torch.Tensor]:
+    """The inverse of `hf_to_native`, for saving native models as standard HF checkpoints."""
+    cfg = model.cfg
+    sd = model.state_dict()
+    out = shared_to_hf(sd, cfg)
+    for i in range(cfg.num_layers):
+        p, n = f"model.layers.{i}.", f"layers.{i}."
         g, u = sd[n + "mlp.w13.weight"].split(cfg.intermediate_size)
         out[p + "mlp.gate_proj.weight"], out[p + "mlp.up_proj.weight"] = g, u
         out[p + "mlp.down_proj.weight"] = sd[n + "mlp.w2.weight"]

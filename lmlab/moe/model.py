@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..core.config import ModelConfig
 from ..core.errors import LmlabError
-from ..core.loader import SafetensorsDir
+from ..core.loader import SafetensorsDir, shared_to_hf
 from ..core.paths import atomic_dir
 from ..core.model import Transformer
 from .layer import MoE, MoEConfig, RouterStats
@@ -159,20 +159,9 @@ def hf_to_native(sd: dict[str, Tensor], cfg: ModelConfig, moe: MoEConfig, first_
 def native_to_hf(model: MoETransformer) -> dict[str, Tensor]:
     """Hub layout (per-expert tensors), the inverse of `hf_to_native`."""
     cfg, sd = model.cfg, model.state_dict()
-    out = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm.weight"]}
-    if not cfg.tie_word_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"]
-    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    out = shared_to_hf(sd, cfg)
     for i, layer in enumerate(model.layers):
         p, n = f"model.layers.{i}.", f"layers.{i}."
-        out[p + "input_layernorm.weight"] = sd[n + "attn_norm.weight"]
-        out[p + "post_attention_layernorm.weight"] = sd[n + "mlp_norm.weight"]
-        for name, t in zip("qkv", sd[n + "attn.wqkv.weight"].split([q, kv, kv])):
-            out[p + f"self_attn.{name}_proj.weight"] = t
-        if cfg.attention_bias:
-            for name, t in zip("qkv", sd[n + "attn.wqkv.bias"].split([q, kv, kv])):
-                out[p + f"self_attn.{name}_proj.bias"] = t
-        out[p + "self_attn.o_proj.weight"] = sd[n + "attn.wo.weight"]
         mlps = [("mlp.", n + "mlp.")] if not isinstance(layer.mlp, MoE) else (
             [("mlp.shared_experts.", n + "mlp.shared.")] if layer.mlp.shared is not None else [])
         for hf, nat in mlps:
