@@ -318,9 +318,13 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype | str = torch.float
     """Load model and tokenizer. Results are memoised per (name, dtype, device, quant) in this process.
 
     quant="int8": weight-only int8 projections (see lmlab.core.quant), activations in `dtype` (bf16 advised)."""
+    if dtype == "auto":  # bf16 where the hardware has native bf16 matmuls, else fp32
+        from .backends import auto_dtype
+
+        dtype = auto_dtype(device)
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise LmlabError(f"unknown dtype {dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
+            raise LmlabError(f"unknown dtype {dtype!r}", hint=f"use auto or one of {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
     if quant not in (None, "none", "int8"):
         raise LmlabError(f"unknown quantization {quant!r}", hint="use int8 or leave it unset")

@@ -163,3 +163,12 @@ def test_cli_chat_keeps_history_and_exits_on_empty_line():
     alone = be.complete([[{"role": "user", "content": turns[1]}]], p)[0].text
     assert replies == [first.strip(), second.strip()]
     assert alone.strip() != second.strip()  # the control: without history the reply differs
+
+
+def test_auto_dtype_picks_the_hardware_dtype(ckpt):
+    """dtype="auto" is what `generate`/`serve` default to: bf16 where the CPU has native bf16 matmuls."""
+    from lmlab.core.backends import auto_dtype
+
+    assert load_model(str(ckpt), dtype="auto", cache=False).model.dtype == auto_dtype()
+    with pytest.raises(LmlabError, match="unknown dtype 'fp8'"):
+        load_model(str(ckpt), dtype="fp8")
