@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..core.engine import SamplingParams, probs_from_logits
 from ..core.model import Transformer
-from .eagle import subset_logits
+from .eagle import subset_head, subset_logits
 from .verify import Draft
 
 
@@ -90,6 +90,7 @@ class DraftModel:
     def __init__(self, draft: Transformer, gamma_max: int = 8, adaptive: bool = True, gamma: int = 4, vocab: Tensor | None = None):
         self.model = draft
         self.vocab = vocab  # token subset the draft may propose (FR-Spec style; None: full vocabulary)
+        self.rows = None if vocab is None else subset_head(draft.lm_head, vocab)
         self.length = AdaptiveLength(gamma_max=gamma_max) if adaptive else AdaptiveLength(gamma, gamma)
         self.max_nodes = gamma_max if adaptive else gamma
 
@@ -131,7 +132,7 @@ class DraftModel:
         n = torch.tensor(num_tokens, device=h.device) - 1 if num_tokens else torch.full((h.shape[0],), h.shape[1] - 1, device=h.device)
         last = h[torch.arange(h.shape[0], device=h.device), n]
         full = torch.full((h.shape[0], self.model.cfg.vocab_size), float("-inf"), dtype=torch.float32, device=h.device)
-        full[:, self.vocab] = subset_logits(last, self.model.lm_head, self.vocab).float()
+        full[:, self.vocab] = subset_logits(last, self.rows).float()
         return full
 
     def update(self, ctx: list[list[int]], drafts: list[Draft], paths: list[list[int]], hidden: Tensor) -> None:
