@@ -19,14 +19,12 @@ def _cfg(quick: bool, steps: Optional[int], prompts: Optional[int]):
     return cfg
 
 
-def _train(kind: str, target: str, quick: bool, steps: Optional[int], prompts: Optional[int], out: Optional[Path]) -> None:
-    import torch
-
+def _train(kind: str, target: str, quick: bool, steps: Optional[int], prompts: Optional[int], out: Optional[Path], dtype: str) -> None:
     from ..core.loader import load_model
     from .registry import trained_path
     from .train import train_draft_lm, train_eagle_head
 
-    lm = load_model(target, dtype=torch.float32)
+    lm = load_model(target, dtype=dtype)  # the corpus is the target's own output in the dtype it will run in
     cfg = _cfg(quick, steps, prompts)
     dest = out or trained_path(lm, kind, cfg)
     fn = train_draft_lm if kind == "draft" else train_eagle_head
@@ -44,9 +42,10 @@ def register(app: typer.Typer) -> None:
         steps: Optional[int] = typer.Option(None, "--steps"),
         prompts: Optional[int] = typer.Option(None, "--prompts", help="Number of target generations to distil from."),
         out: Optional[Path] = typer.Option(None, "--out", help="Checkpoint dir (default: the cache, where --speculative sps finds it)."),
+        dtype: str = typer.Option("auto", "--dtype", help="Target dtype: auto (bf16 where the CPU has native bf16), float32, bfloat16."),
     ) -> None:
         """Distil a small same-tokenizer draft LM from the target's own generations (an ordinary HF checkpoint)."""
-        _train("draft", target, quick, steps, prompts, out)
+        _train("draft", target, quick, steps, prompts, out, dtype)
 
     @sub.command("train-head")
     def train_head(
@@ -55,9 +54,10 @@ def register(app: typer.Typer) -> None:
         steps: Optional[int] = typer.Option(None, "--steps"),
         prompts: Optional[int] = typer.Option(None, "--prompts"),
         out: Optional[Path] = typer.Option(None, "--out", help="Head folder (default: the cache, where --speculative eagle finds it)."),
+        dtype: str = typer.Option("auto", "--dtype", help="Target dtype: auto (bf16 where the CPU has native bf16), float32, bfloat16."),
     ) -> None:
         """Train the EAGLE-style feature head on the target's generations (target frozen)."""
-        _train("eagle", target, quick, steps, prompts, out)
+        _train("eagle", target, quick, steps, prompts, out, dtype)
 
     @sub.command("bench")
     def bench(
@@ -68,12 +68,13 @@ def register(app: typer.Typer) -> None:
         methods: str = typer.Option(",".join(("ar", "sps", "pld", "eagle", "hf_assisted", "hf_prompt_lookup")), "--methods"),
         json_path: Optional[Path] = typer.Option(None, "--json", help="Write the summary JSON here (rows go to PATH.rows.jsonl)."),
         categories: str = typer.Option("", "--categories", help="Comma-separated subset of categories (default: all)."),
+        dtype: str = typer.Option("float32", "--dtype", help="Target dtype for every method. bf16 is faster but not token-identical on CPU (see RESULTS.md)."),
     ) -> None:
         """Greedy Spec-Bench run: speedups, accepted tokens, acceptance, cost ratio c, predicted speedup, losslessness."""
         from .bench import run_bench, table
 
         res = run_bench(target, prompts, limit_per_category or None, max_new_tokens, tuple(methods.split(",")), json_path,
-                        tuple(c for c in categories.split(",") if c), log=lambda s: typer.echo(s, err=True))
+                        tuple(c for c in categories.split(",") if c), log=lambda s: typer.echo(s, err=True), dtype=dtype)
         typer.echo(table(res))
 
     app.add_typer(sub, name="specdec")

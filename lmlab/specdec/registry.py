@@ -17,22 +17,30 @@ METHODS = ("sps", "pld", "eagle")
 DRAFT_ALIAS = "smollm2-135m-instruct-draft"
 
 
-def trained_path(lm: LoadedModel, kind: str, cfg: DraftTrainConfig) -> Path:
-    """Cache folder of a trained draft ('draft' LM or 'eagle' head) for this target and training config."""
-    return cache_dir("specdec", "drafts") / f"{_target_id(lm)}-{kind}-{cfg.key()}"
+def trained_path(lm: LoadedModel, kind: str, cfg: DraftTrainConfig, dtype: str | None = None) -> Path:
+    """Cache folder of a trained draft ('draft' LM or 'eagle' head) for this target, the dtype its corpus
+    was generated in (default: the target's) and the training config."""
+    dt = dtype or str(lm.model.dtype).removeprefix("torch.")
+    return cache_dir("specdec", "drafts") / f"{_target_id(lm)}-{dt}-{kind}-{cfg.key()}"
 
 
 def find_trained(lm: LoadedModel, kind: str) -> Path | None:
-    """The full-size trained draft if present, else the quick one, else None."""
-    for cfg in (DraftTrainConfig(), DraftTrainConfig.quick()):
-        p = trained_path(lm, kind, cfg)
-        if p.is_dir():
-            return p
+    """The full-size trained draft if present, else the quick one; one trained in the target's dtype
+    first, else one trained in the other dtype (bf16 and fp32 features differ only by rounding); else None."""
+    own = str(lm.model.dtype).removeprefix("torch.")
+    for dt in (own, *(d for d in ("bfloat16", "float32") if d != own)):
+        for cfg in (DraftTrainConfig(), DraftTrainConfig.quick()):
+            p = trained_path(lm, kind, cfg, dt)
+            if p.is_dir():
+                return p
     return None
 
 
 def _default_draft() -> Path:
-    p = find_trained(SimpleNamespace(path=loader.resolve(loader.DEFAULT_MODEL)), "draft")  # only the path is needed
+    from ..core.backends import auto_dtype
+
+    # only the target's path and dtype are needed, not the loaded model
+    p = find_trained(SimpleNamespace(path=loader.resolve(loader.DEFAULT_MODEL), model=SimpleNamespace(dtype=auto_dtype())), "draft")
     if p is None:
         raise LmlabError(f"model alias {DRAFT_ALIAS!r} is not trained yet", hint="run `lmlab specdec train-draft` (a few minutes on CPU)")
     return p

@@ -5,23 +5,25 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 from ..core.loader import load_model
 from ..core.report import ReproduceContext, Section, Verdict
 from .bench import plot, run_bench, table
-from .registry import trained_path
+from .registry import find_trained, trained_path
 from .train import DraftTrainConfig, train_draft_lm, train_eagle_head
 
 QUICK_CATEGORIES = ("writing", "coding", "math_reasoning", "translation", "summarization", "rag")
 
 
 def run(ctx: ReproduceContext) -> Section:
-    lm = load_model(ctx.model, dtype=torch.float32)
+    lm = load_model(ctx.model, dtype="auto")  # drafts learn from the target's output in its fast dtype
     cfg = DraftTrainConfig.quick() if ctx.quick else DraftTrainConfig()
+    used = {}
     for kind, fn in (("draft", train_draft_lm), ("eagle", train_eagle_head)):
-        if not trained_path(lm, kind, cfg).is_dir():  # cached: later runs and the benchmark reuse it
-            fn(lm, cfg, trained_path(lm, kind, cfg))
+        have = find_trained(lm, kind)
+        # --quick reuses any cached draft (the full ones from `lmlab specdec train-*` first); otherwise train
+        if have is None or (not ctx.quick and have != trained_path(lm, kind, cfg)):
+            have = fn(lm, cfg, trained_path(lm, kind, cfg))
+        used[kind] = json.loads((have / ("eagle_config.json" if kind == "eagle" else "specdec_train.json")).read_text())["config"]
     res = run_bench(ctx.model, None, 1 if ctx.quick else 2, 64 if ctx.quick else 128,
                     categories=QUICK_CATEGORIES if ctx.quick else (), json_path=ctx.out_dir / "specdec_bench.json", log=lambda s: None)
     fig = plot(res, ctx.out_dir / "specdec_speedup.png")
@@ -42,6 +44,7 @@ def run(ctx: ReproduceContext) -> Section:
     ]
     md = (f"Greedy, {res['n_prompts']} Spec-Bench prompts ({'1 per category, ' + ', '.join(QUICK_CATEGORIES) if ctx.quick else '2 per category'}), "
           f"{64 if ctx.quick else 128} new tokens, fp32, target {ctx.model}; drafts trained on the target's own generations "
-          f"({cfg.prompts} prompts x {cfg.new_tokens} tokens, {cfg.steps} steps). `verify_cost` is one verification pass in units of one "
+          f"(draft LM: {used['draft']['prompts']} prompts x {used['draft']['new_tokens']} tokens, {used['draft']['steps']} steps; EAGLE head: "
+          f"{used['eagle']['prompts']} x {used['eagle']['new_tokens']}, {used['eagle']['steps']} steps). `verify_cost` is one verification pass in units of one "
           "plain decoding step: the formula assumes 1, and the gap to it is most of the missing fraction.\n\n" + table(res))
     return Section("specdec", "Speculative decoding (Spec-Bench)", md, figures=[fig], data=json.loads(json.dumps(res)), verdicts=verdicts)

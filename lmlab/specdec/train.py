@@ -39,14 +39,16 @@ log = logging.getLogger("lmlab.specdec")
 class DraftTrainConfig:
     """One config for both drafts; `quick()` is the minutes-scale version used by reproduce --quick."""
 
-    prompts: int = 96
+    prompts: int = 256
     new_tokens: int = 128
     topk: int = 32  # target logits kept per position for distillation
-    steps: int = 400
+    steps: int = 800
     batch: int = 8
     window: int = 128
     lr: float = 1e-3
-    cls_weight: float = 0.1  # EAGLE's weight of the classification term
+    cls_weight: float = 1.0  # weight of the classification term (EAGLE uses 0.1 with far more data and steps)
+    unroll: int = 2  # head passes per step, each reading the previous pass's predictions (see unrolled_head_loss)
+    feat_noise: float = 0.1  # EAGLE's uniform input-feature noise, relative to the features' RMS
     draft_layers: tuple[int, ...] = (0, -1)  # target layers that initialise the draft LM
     vocab: int = 8192  # draft-side token subset (frequency-ranked)
     seed: int = 0
@@ -86,9 +88,13 @@ def _target_id(lm: LoadedModel) -> str:
     return f"{Path(lm.path).name}-{hashlib.sha256(str(Path(lm.path).resolve()).encode()).hexdigest()[:8]}"
 
 
-def build_corpus(lm: LoadedModel, cfg: DraftTrainConfig, batch: int = 8) -> list[dict[str, Tensor]]:
-    """Target generations with per-position features and top-K logits, cached in chunks (resumable)."""
-    folder = cache_dir("specdec", "corpus", f"{_target_id(lm)}-{cfg.prompts}-{cfg.new_tokens}-{cfg.topk}")
+def build_corpus(lm: LoadedModel, cfg: DraftTrainConfig, batch: int = 16) -> list[dict[str, Tensor]]:
+    """Target generations with per-position features and top-K logits, cached in chunks (resumable).
+
+    Generated in the target's own dtype (greedy bf16 and fp32 continuations differ), batched because a
+    16-row decode step costs little more than a 1-row one on a memory-bound CPU."""
+    dt = str(lm.model.dtype).removeprefix("torch.")
+    folder = cache_dir("specdec", "corpus", f"{_target_id(lm)}-{cfg.prompts}-{cfg.new_tokens}-{cfg.topk}-{dt}")
     m, tok = lm.model, lm.tokenizer
     qs = training_questions(cfg.prompts)
     seqs: list[dict[str, Tensor]] = []
@@ -215,6 +221,27 @@ def train_draft_lm(lm: LoadedModel, cfg: DraftTrainConfig, out: Path, log_fn=Non
     return out
 
 
+def unrolled_head_loss(head: EagleHead, b: dict[str, Tensor], embed: nn.Embedding, lm_head: nn.Linear, vocab: Tensor,
+                       cfg: DraftTrainConfig, rms: float) -> tuple[Tensor, dict[str, float]]:
+    """`cfg.unroll` passes over one window. Pass 1 reads the target's features (plus EAGLE's uniform noise);
+    pass k+1 reads, at a random half of the positions, the feature pass k *predicted* there. At inference
+    every draft level after the first reads the head's own predictions, so a head trained only on true
+    features (pass 1) compounds its errors with depth; this is a cheap form of EAGLE-3's training-time test."""
+    feats, total, logs = b["in_feat"], 0.0, {}
+    B, T = b["ids"].shape
+    gen = torch.Generator(device=feats.device).manual_seed(int(b["ids"].sum()))
+    for k in range(cfg.unroll):
+        noise = (torch.rand(feats.shape, generator=gen, device=feats.device) * 2 - 1) * (cfg.feat_noise * rms)
+        h = head(feats + noise, b["ids"], embed, head.body.new_cache(B, T))
+        loss, m = distill_loss(h, b["feat"], b["top_idx"], b["top_val"], lm_head, vocab, cfg.cls_weight)
+        total = total + loss / cfg.unroll
+        logs.update(m if k == 0 else {f"top1_{k + 1}": m["top1"]})
+        pred = torch.cat([feats[:, :1], h[:, :-1].detach()], 1)  # position t+1 reads what was predicted at t
+        own = torch.rand(B, T, 1, generator=gen, device=feats.device) < 0.5
+        feats = torch.where(own, pred, b["in_feat"])
+    return total, logs
+
+
 def train_eagle_head(lm: LoadedModel, cfg: DraftTrainConfig, out: Path, log_fn=None) -> Path:
     """Train the EAGLE-style head on the target's features (target frozen)."""
     seqs = build_corpus(lm, cfg)
@@ -229,10 +256,10 @@ def train_eagle_head(lm: LoadedModel, cfg: DraftTrainConfig, out: Path, log_fn=N
     lm_head = nn.Linear(target.cfg.hidden_size, target.cfg.vocab_size, bias=False).to(target.device)
     lm_head.weight = nn.Parameter(embed.weight if target.cfg.tie_word_embeddings else target.lm_head.weight.detach().float(), requires_grad=False)
 
+    rms = float(torch.cat([s["feat"] for s in seqs[:64]]).pow(2).mean().sqrt())
+
     def loss_fn(model: EagleHead, b: dict[str, Tensor]):
-        cache = model.body.new_cache(b["ids"].shape[0], b["ids"].shape[1])
-        h = model(b["in_feat"], b["ids"], embed, cache)
-        return distill_loss(h, b["feat"], b["top_idx"], b["top_val"], lm_head, vocab_d, cfg.cls_weight)
+        return unrolled_head_loss(model, b, embed, lm_head, vocab_d, cfg, rms)
 
     hist = train(head, _windows(seqs, cfg, 1, target.device), loss_fn,
                  TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(30, cfg.steps // 5), seed=cfg.seed, log_every=50), log=log_fn)

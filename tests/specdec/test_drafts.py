@@ -107,3 +107,22 @@ def test_bench_json_shape(smollm, tmp_path):
     assert saved["overall"]["pld"]["lossless"] is True and res["overall"]["ar"]["speedup"] == 1.0
     again = run_bench("smollm2-135m-instruct", _ok(tmp_path), 1, 12, ("ar", "pld"), out, log=lambda s: (_ for _ in ()).throw(AssertionError("recomputed")))
     assert again["overall"]["pld"]["tokens"] == res["overall"]["pld"]["tokens"]
+
+
+def test_trained_drafts_are_found_by_dtype_then_size(tmp_path, monkeypatch):
+    """Drafts are cached per corpus dtype; a target prefers one trained in its own dtype and the full config,
+    and falls back to the other dtype (bf16 and fp32 features differ only by rounding)."""
+    from types import SimpleNamespace
+
+    from lmlab.specdec.registry import find_trained, trained_path
+
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path))
+    fp32 = SimpleNamespace(path=tmp_path / "target", model=SimpleNamespace(dtype=torch.float32))
+    assert find_trained(fp32, "eagle") is None
+    quick_bf16 = trained_path(fp32, "eagle", DraftTrainConfig.quick(), "bfloat16")
+    quick_bf16.mkdir(parents=True)
+    assert find_trained(fp32, "eagle") == quick_bf16
+    full_fp32 = trained_path(fp32, "eagle", DraftTrainConfig())
+    full_fp32.mkdir(parents=True)
+    assert find_trained(fp32, "eagle") == full_fp32 and "float32" in full_fp32.name
+    assert find_trained(fp32, "draft") is None
