@@ -45,11 +45,14 @@ def _tries(draft: Draft, path: list[int]) -> int:
 
 class PromptLookup:
     """Prompt lookup decoding (Saxena 2023): find the latest earlier occurrence of the context's last
-    n-gram (longest n first) and propose the tokens that followed it. Costs no model call."""
+    n-gram (longest n first) and propose the tokens that followed it. Costs no model call.
+
+    min_ngram=2: a lone repeated token is a weak cue, and where a k-token target pass costs 1.4 steps (CPU,
+    fp32) a wrong draft is expensive: on 8 dev prompts 1-gram matches gave 1.08x, 2-gram matches 1.25x."""
 
     name = "pld"
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, gamma_max: int = 10):
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 2, gamma_max: int = 10):
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
         self.length = AdaptiveLength(gamma_max=gamma_max, c=0.0)
         self.max_nodes = gamma_max

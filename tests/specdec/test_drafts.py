@@ -22,7 +22,8 @@ def test_prompt_lookup_finds_latest_longest_match():
     ctx = [5, 1, 2, 3, 9, 9, 1, 2, 3, 7, 8, 4, 1, 2, 3]
     assert pl.lookup(ctx, 2) == [7, 8]  # the latest earlier occurrence of (1, 2, 3)
     assert pl.lookup([1, 2, 3, 4], 3) == []  # nothing repeats
-    assert pl.lookup([4, 6, 4], 5) == [6, 4]  # falls back to a 1-gram
+    assert pl.lookup([4, 6, 4], 5) == []  # a lone repeated token is not a match by default
+    assert PromptLookup(max_ngram=3, min_ngram=1).lookup([4, 6, 4], 5) == [6, 4]  # falls back to a 1-gram
 
 
 def test_adaptive_length_follows_acceptance():
