@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
 from .config import ModelConfig
 
 
@@ -104,6 +105,40 @@ class KVCache:
 
 
 # ----------------------------------------------------------------------------------------------- layers
+class Linear(nn.Linear):
+    """nn.Linear that runs inference on CPU through lmlab's packed, batch-invariant kernel (lmlab.core.kernels).
+
+    Used for fp32 activations, no autograd and at most `kernels.MAX_ROWS` rows; otherwise plain F.linear. The
+    packed copy is made on first use and remade whenever the weight changes (its version counter moves), so
+    training and then decoding stays correct. `pack_dtype = torch.bfloat16` streams bf16 weights (weight-only
+    bf16, set by `Transformer.set_weight_dtype`).
+    """
+
+    pack_dtype: torch.dtype = torch.float32
+    _pack_key: tuple | None = None
+
+    def _packed(self) -> Tensor:
+        key = (self.weight.data_ptr(), self.weight._version, self.pack_dtype)
+        if self._pack_key != key:
+            self._pack, self._pack_key = kernels.pack(self.weight, self.pack_dtype), key
+        return self._pack
+
+    def forward(self, x: Tensor) -> Tensor:
+        if kernels.usable(x, x.numel() // x.shape[-1], self.weight):
+            return kernels.packed_linear(x, self._packed(), self.out_features, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+def set_weight_dtype(module: nn.Module, dtype: torch.dtype, exact: bool = True) -> None:
+    """See `Transformer.set_weight_dtype`; works on any module holding lmlab Linears (draft heads too)."""
+    for m in module.modules():
+        if isinstance(m, Linear):
+            if exact and dtype == torch.bfloat16:
+                with torch.no_grad():
+                    m.weight.copy_(m.weight.to(torch.bfloat16).to(m.weight.dtype))
+            m.pack_dtype = dtype
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -118,8 +153,8 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.nh, self.nkv, self.hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.wqkv = nn.Linear(cfg.hidden_size, (self.nh + 2 * self.nkv) * self.hd, bias=cfg.attention_bias)
-        self.wo = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=False)
+        self.wqkv = Linear(cfg.hidden_size, (self.nh + 2 * self.nkv) * self.hd, bias=cfg.attention_bias)
+        self.wo = Linear(self.nh * self.hd, cfg.hidden_size, bias=False)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kc: Tensor, vc: Tensor, write: "_Write") -> Tensor:
         B, T, _ = x.shape
@@ -134,8 +169,11 @@ class Attention(nn.Module):
         else:
             kc[write.rows, write.heads, write.slots] = k
             vc[write.rows, write.heads, write.slots] = v
-        keys, vals = kc[:, :, : write.used], vc[:, :, : write.used]
-        y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=write.mask, is_causal=write.causal, enable_gqa=self.nkv != self.nh)
+        if write.kernel:  # batch-invariant: each query sums over exactly its visible keys, in cache order
+            y = kernels.attention(q, kc, vc, write.visible(B, T), 1.0 / math.sqrt(self.hd))
+        else:
+            keys, vals = kc[:, :, : write.used], vc[:, :, : write.used]
+            y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=write.mask, is_causal=write.causal, enable_gqa=self.nkv != self.nh)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
 
 
@@ -143,8 +181,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.inter = cfg.intermediate_size
-        self.w13 = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)  # gate ‖ up
-        self.w2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.w13 = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)  # gate ‖ up
+        self.w2 = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.w13(x).split(self.inter, dim=-1)
@@ -175,6 +213,20 @@ class _Write:
     used: int  # keys [0, used) are read
     mask: Tensor | None  # [B, 1, T, used] bool or float, or None
     causal: bool
+    kernel: bool = False  # attention through lmlab's CPU kernel (set by Transformer.forward)
+    _visible: Tensor | None = None
+
+    def visible(self, B: int, T: int) -> Tensor:
+        """[B, T, used] bool: the keys each new token sees (built once per pass, shared by all layers)."""
+        if self._visible is None:
+            if self.mask is not None:
+                vis = self.mask[:, 0].expand(B, T, self.used)
+            elif self.causal:
+                vis = torch.ones(T, T, dtype=torch.bool).tril()[None].expand(B, T, T)
+            else:
+                vis = torch.ones(B, T, self.used, dtype=torch.bool)
+            self._visible = vis.contiguous()
+        return self._visible
 
 
 @dataclass
@@ -192,7 +244,7 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
         self.register_buffer("inv_freq", torch.empty(cfg.head_dim // 2), persistent=False)
@@ -213,6 +265,12 @@ class Transformer(nn.Module):
         if not self.inv_freq.is_meta:
             self.reset_rope()
         return out
+
+    def set_weight_dtype(self, dtype: torch.dtype, exact: bool = True) -> None:
+        """Weight-only bf16 (`torch.bfloat16`) or back to fp32 for the projections and LM head; activations stay
+        fp32. exact: round the fp32 weights to bf16 values too, so that every path computes the same model;
+        without it only the kernel path streams bf16 (for drafts, whose numbers only steer acceptance)."""
+        set_weight_dtype(self, dtype, exact)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -301,6 +359,7 @@ class Transformer(nn.Module):
         write, pos = self._plan(cache, T, positions, tree_mask)
         cos, sin = self._rope(pos)
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        write.kernel = kernels.attention_ok(x, B * T, self.cfg.head_dim) and (write.mask is None or write.mask.dtype == torch.bool)
         hidden = [x] if output_hidden_states else None
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, cache.k[i], cache.v[i], write)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..core.engine import SamplingParams, probs_from_logits
-from ..core.model import Transformer
+from ..core.model import Transformer, set_weight_dtype
 from .eagle import subset_head, subset_logits
 from .verify import Draft
 
@@ -90,8 +90,11 @@ class DraftModel:
 
     name = "sps"
 
-    def __init__(self, draft: Transformer, gamma_max: int = 8, adaptive: bool = True, gamma: int = 4, vocab: Tensor | None = None):
+    def __init__(self, draft: Transformer, gamma_max: int = 8, adaptive: bool = True, gamma: int = 4, vocab: Tensor | None = None,
+                 stream_bf16: bool = True):
         self.model = draft
+        if stream_bf16:  # a draft's numbers only steer acceptance: stream its weights as bf16 (half the bytes)
+            set_weight_dtype(draft, torch.bfloat16, exact=False)
         self.vocab = vocab  # token subset the draft may propose (FR-Spec style; None: full vocabulary)
         self.rows = None if vocab is None else subset_head(draft.lm_head, vocab)
         self.length = AdaptiveLength(gamma_max=gamma_max) if adaptive else AdaptiveLength(gamma, gamma)

@@ -17,12 +17,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.engine import SamplingParams, probs_from_logits
 from ..core.errors import LmlabError
-from ..core.model import Transformer
+from ..core.model import Linear, Transformer, set_weight_dtype
 from .verify import Draft
 
 
@@ -32,7 +31,7 @@ class EagleHead(nn.Module):
     def __init__(self, target_cfg, vocab: Tensor):
         super().__init__()
         H = target_cfg.hidden_size
-        self.fc = nn.Linear(2 * H, H, bias=True)
+        self.fc = Linear(2 * H, H, bias=True)
         # a 1-layer Transformer gives the decoder layer, KV cache, RoPE and tree masks; its own embedding and
         # LM head are unused (vocab_size=1): the target's frozen ones are passed in at call time
         self.body = Transformer(replace(target_cfg, num_layers=1, vocab_size=1, tie_word_embeddings=True))
@@ -44,15 +43,19 @@ class EagleHead(nn.Module):
         return self.body(tokens, cache, inputs_embeds=x, logits="none", **kw).last_hidden
 
 
-def subset_head(lm_head: nn.Linear, vocab: Tensor) -> Tensor:
-    """The LM-head rows of the token subset `vocab`, copied once: gathering them on every draft step would
-    move 8k x H weights per call, more than the draft layer itself costs."""
-    return lm_head.weight.detach()[vocab].contiguous()
+def subset_head(lm_head: nn.Linear, vocab: Tensor) -> Linear:
+    """A Linear over the LM-head rows of the token subset `vocab`, copied once: gathering them on every draft
+    step would move 8k x H weights per call, more than the draft layer itself costs."""
+    rows = lm_head.weight.detach()[vocab].contiguous()
+    head = Linear(rows.shape[1], rows.shape[0], bias=False, device=rows.device, dtype=rows.dtype)
+    head.weight = nn.Parameter(rows, requires_grad=False)
+    head.pack_dtype = getattr(lm_head, "pack_dtype", torch.float32)
+    return head
 
 
-def subset_logits(h: Tensor, rows: Tensor) -> Tensor:
+def subset_logits(h: Tensor, rows: Linear) -> Tensor:
     """Logits over a token subset only ([..., len(subset)]), from that subset's LM-head `rows`."""
-    return F.linear(h.to(rows.dtype), rows)
+    return rows(h.to(rows.weight.dtype))
 
 
 def save_head(head: EagleHead, folder: Path, meta: dict) -> Path:
@@ -105,12 +108,16 @@ class EagleDrafter:
 
     name = "eagle"
 
-    def __init__(self, head: EagleHead, target: Transformer, topk: int = 4, depth: int = 4, total: int = 8, chain: int = 4):
+    def __init__(self, head: EagleHead, target: Transformer, topk: int = 4, depth: int = 4, total: int = 8, chain: int = 4,
+                 stream_bf16: bool = True):
         self.head, self.target = head, target
         self.topk, self.depth, self.total, self.chain = topk, depth, total, chain
         self.max_nodes = max(total + depth, chain)
         self.vocab = head.vocab.to(target.device)
         self.rows = subset_head(target.lm_head, self.vocab)
+        if stream_bf16:  # draft numbers only steer acceptance: stream the head's weights as bf16 (half the bytes)
+            set_weight_dtype(head, torch.bfloat16, exact=False)
+            self.rows.pack_dtype = torch.bfloat16
 
     # -- state: head cache over committed pairs (f_t, x_{t+1}); features not yet fed to the head
     def begin(self, prompts: list[list[int]], hidden: Tensor, capacity: int) -> None:

@@ -1,0 +1,189 @@
+// Batch-invariant CPU decoding kernels: small-M linear y[M,N] = x[M,K] . W[N,K]^T (+ b), and attention.
+//
+// Why hand-written (see lmlab/core/kernels.py): (1) MKL's SGEMM for 1-16 rows streams the weights at a third
+// of this machine's memory bandwidth, while decoding is bound by exactly that stream; (2) MKL sums a lone row
+// (GEMV) and a block of rows in different orders, so a draft-verification pass over k tokens is not
+// bit-identical to k single-token steps. Here every output element is one FMA chain over k = 0..K-1 in order,
+// then + bias, whatever M is and wherever the row sits: speculative decoding is lossless by construction.
+//
+// Weights are packed once as [ceil(N/64), K, 64] (fp32 or bf16): a 64-column block is one contiguous stream,
+// 16 output columns per AVX-512 lane vector, so there is no horizontal reduction at all.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <cmath>
+#include <vector>
+
+namespace {
+
+constexpr int64_t COLS = 64;
+
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const at::BFloat16* p) {  // bf16 -> fp32 is exact: the 16 bits become the high half
+  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// MB rows of x against one packed 64-column block; accumulators stay in registers (MB x 4 zmm).
+template <typename W, int MB>
+inline void tile(const float* x, int64_t ldx, const W* wp, int64_t K, const float* bias, float* y, int64_t ldy, int64_t ncols) {
+  __m512 acc[MB][4];
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const W* r = wp + k * COLS;
+    __m512 w0 = load16(r), w1 = load16(r + 16), w2 = load16(r + 32), w3 = load16(r + 48);
+    for (int i = 0; i < MB; ++i) {
+      __m512 xb = _mm512_set1_ps(x[i * ldx + k]);
+      acc[i][0] = _mm512_fmadd_ps(xb, w0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(xb, w1, acc[i][1]);
+      acc[i][2] = _mm512_fmadd_ps(xb, w2, acc[i][2]);
+      acc[i][3] = _mm512_fmadd_ps(xb, w3, acc[i][3]);
+    }
+  }
+  for (int j = 0; j < 4; ++j) {
+    const int64_t left = ncols - 16 * j;
+    if (left <= 0) break;
+    const __mmask16 m = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(m, bias + 16 * j) : _mm512_setzero_ps();
+    for (int i = 0; i < MB; ++i) {
+      __m512 v = bias ? _mm512_add_ps(acc[i][j], b) : acc[i][j];
+      _mm512_mask_storeu_ps(y + i * ldy + 16 * j, m, v);
+    }
+  }
+}
+
+template <typename W>
+void run(const float* x, int64_t M, const W* wp, int64_t N, int64_t K, const float* bias, float* y) {
+  const int64_t blocks = (N + COLS - 1) / COLS;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n = b * COLS, ncols = std::min(COLS, N - n);
+      const W* w = wp + b * K * COLS;
+      const float* bb = bias ? bias + n : nullptr;
+      int64_t m = 0;
+      for (; m + 4 <= M; m += 4) tile<W, 4>(x + m * K, K, w, K, bb, y + m * N + n, N, ncols);
+      switch (M - m) {
+        case 3: tile<W, 3>(x + m * K, K, w, K, bb, y + m * N + n, N, ncols); break;
+        case 2: tile<W, 2>(x + m * K, K, w, K, bb, y + m * N + n, N, ncols); break;
+        case 1: tile<W, 1>(x + m * K, K, w, K, bb, y + m * N + n, N, ncols); break;
+        default: break;
+      }
+    }
+  });
+}
+
+// exp for x <= 0 (softmax after max-subtraction): Cody-Waite reduction, degree-6 polynomial, scalef. ~1 ulp.
+// Hand-written so that every path uses one elementwise function: the result never depends on a lane's place.
+inline __m512 exp_neg(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// One query against its visible keys `idx[0..n)` (in cache order): softmax(q.k * scale) . v, D % 16 == 0.
+// Every sum runs over the compacted key index in order, so a query that sees the same keys gets the same bits
+// whether it is a lone decoding step, a row of a causal block or a node of a draft tree.
+void attend_one(const float* q, const float* K, const float* V, int64_t D, const int64_t* idx, int64_t n, float scale,
+                float* s, float* out) {
+  const int64_t c = D / 16;
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) {
+    const float* k = K + idx[j] * D;
+    __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(k));
+    for (int64_t i = 1; i < c; ++i) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * i), _mm512_loadu_ps(k + 16 * i), acc);
+    s[j] = _mm512_reduce_add_ps(acc) * scale;
+    mx = std::max(mx, s[j]);
+  }
+  __m512 sum = _mm512_setzero_ps();
+  const __m512 vm = _mm512_set1_ps(mx);
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 m = n - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - j)) - 1u);
+    __m512 e = _mm512_maskz_mov_ps(m, exp_neg(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + j), vm)));
+    _mm512_mask_storeu_ps(s + j, m, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  const float inv = 1.0f / _mm512_reduce_add_ps(sum);
+  __m512 o[8];  // D <= 128
+  for (int64_t i = 0; i < c; ++i) o[i] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const float* v = V + idx[j] * D;
+    const __m512 p = _mm512_set1_ps(s[j]);
+    for (int64_t i = 0; i < c; ++i) o[i] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16 * i), o[i]);
+  }
+  const __m512 vi = _mm512_set1_ps(inv);
+  for (int64_t i = 0; i < c; ++i) _mm512_storeu_ps(out + 16 * i, _mm512_mul_ps(o[i], vi));
+}
+
+}  // namespace
+
+// q [B, H, T, D]; k, v caches [B, Hkv, S, D] (fp32, contiguous); visible [B, T, S] bool: which keys each query
+// sees. Returns [B, H, T, D]. Grouped-query attention: head h reads kv head h / (H / Hkv).
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& visible, double scale) {
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat, "fp32 q/k/v");
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && visible.is_contiguous(), "contiguous q/k/v/visible");
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), Hkv = k.size(1), S = k.size(2);
+  TORCH_CHECK(D % 16 == 0 && D <= 128 && H % Hkv == 0 && visible.size(0) == B && visible.size(1) == T && visible.size(2) <= S,
+              "attention: D % 16 == 0, D <= 128, H % Hkv == 0, visible [B, T, <=S]");
+  const int64_t used = visible.size(2);
+  auto vis = visible.to(at::kBool);
+  const bool* vp = vis.data_ptr<bool>();
+  std::vector<int64_t> idx(B * T * used), cnt(B * T);
+  for (int64_t r = 0; r < B * T; ++r) {
+    int64_t n = 0;
+    for (int64_t j = 0; j < used; ++j)
+      if (vp[r * used + j]) idx[r * used + n++] = j;
+    cnt[r] = n;
+  }
+  auto out = torch::empty_like(q);
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vv = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t group = H / Hkv;
+  at::parallel_for(0, B * H * T, 1, [&](int64_t a, int64_t z) {
+    std::vector<float> s(std::max<int64_t>(used, 1));
+    for (int64_t w = a; w < z; ++w) {
+      const int64_t b = w / (H * T), h = (w / T) % H, t = w % T;
+      const int64_t kvoff = ((b * Hkv + h / group) * S) * D;
+      attend_one(qp + w * D, kp + kvoff, vv + kvoff, D, idx.data() + (b * T + t) * used, cnt[b * T + t], static_cast<float>(scale),
+                 s.data(), op + w * D);
+    }
+  });
+  return out;
+}
+
+// x: fp32 [M, K] contiguous; wp: packed [ceil(N/64), K, 64] fp32 or bf16; bias: fp32 [N] or None.
+torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& wp, int64_t N, const c10::optional<torch::Tensor>& b) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous fp32 [M, K]");
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(wp.dim() == 3 && wp.is_contiguous() && wp.size(1) == K && wp.size(2) == COLS && wp.size(0) * COLS >= N,
+              "wp: packed [ceil(N/64), K, 64]");
+  const float* bias = nullptr;
+  if (b.has_value() && b->defined()) {
+    TORCH_CHECK(b->scalar_type() == at::kFloat && b->is_contiguous() && b->numel() == N, "bias: fp32 [N]");
+    bias = b->data_ptr<float>();
+  }
+  auto y = torch::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  if (wp.scalar_type() == at::kFloat) {
+    run<float>(x.data_ptr<float>(), M, wp.data_ptr<float>(), N, K, bias, y.data_ptr<float>());
+  } else {
+    TORCH_CHECK(wp.scalar_type() == at::kBFloat16, "wp: fp32 or bf16");
+    run<at::BFloat16>(x.data_ptr<float>(), M, wp.data_ptr<at::BFloat16>(), N, K, bias, y.data_ptr<float>());
+  }
+  return y;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("packed_linear", &packed_linear, "batch-invariant small-M linear on packed weights");
+  m.def("attention", &attention, "batch-invariant attention over visible cached keys");
+}

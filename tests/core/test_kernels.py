@@ -1,0 +1,110 @@
+"""lmlab's CPU decoding kernels: the same numbers as the reference ops, and the same bits whatever the batch.
+
+Bit-identity is the point: a k-token verification pass must give each token exactly the logits a 1-token
+step gives it, or greedy speculative decoding can flip a near-tied choice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig
+
+from lmlab.core import kernels
+from lmlab.core.config import ModelConfig
+from lmlab.core.model import Linear, Transformer
+
+pytestmark = pytest.mark.skipif(not kernels.enabled(), reason="lmlab kernels need AVX-512 and a C++ toolchain")
+
+
+@pytest.mark.parametrize("n,k,bias", [(960, 576, False), (131, 40, True), (64, 17, True), (5, 1536, False)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_linear_matches_reference_and_is_row_invariant(n, k, bias, dtype):
+    g = torch.Generator().manual_seed(n + k)
+    w, x = torch.randn(n, k, generator=g), torch.randn(9, k, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    y = kernels.packed_linear(x, kernels.pack(w, dtype), n, b)
+    ref = x.double() @ w.to(dtype).double().T + (0 if b is None else b.double())
+    assert torch.allclose(y.double(), ref, atol=1e-4 * k ** 0.5, rtol=0)
+    for m in range(1, 10):  # every row alone and in every block size: the same bits
+        assert torch.equal(kernels.packed_linear(x[:m], kernels.pack(w, dtype), n, b), y[:m])
+        assert torch.equal(kernels.packed_linear(x[m - 1:m], kernels.pack(w, dtype), n, b)[0], y[m - 1])
+
+
+def test_attention_matches_sdpa_and_depends_only_on_visible_keys():
+    g = torch.Generator().manual_seed(0)
+    B, H, Hkv, T, S, D = 2, 6, 2, 5, 40, 32
+    q, kc, vc = torch.randn(B, H, T, D, generator=g), torch.randn(B, Hkv, S, D, generator=g), torch.randn(B, Hkv, S, D, generator=g)
+    vis = torch.rand(B, T, 30, generator=g) < 0.6
+    vis[..., 0] = True
+    y = kernels.attention(q, kc, vc, vis, D ** -0.5)
+    ref = F.scaled_dot_product_attention(q, kc[:, :, :30], vc[:, :, :30], attn_mask=vis[:, None], enable_gqa=True)
+    assert torch.allclose(y, ref, atol=1e-5)
+    # query (0, 0) alone, over a wider key window whose extra keys it does not see: identical bits
+    wide = torch.zeros(1, 1, S, dtype=torch.bool)
+    wide[0, 0, :30] = vis[0, 0]
+    alone = kernels.attention(q[:1, :, :1], kc[:1], vc[:1], wide, D ** -0.5)
+    assert torch.equal(alone[0, :, 0], y[0, :, 0])
+
+
+def tiny_model() -> Transformer:
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_hf(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
+                                          num_attention_heads=4, num_key_value_heads=2).to_dict())
+    return Transformer(cfg).eval()
+
+
+def test_block_and_tree_passes_equal_single_steps_bit_for_bit():
+    m = tiny_model()
+    prompt, new = torch.randint(0, 300, (1, 23)), torch.randint(0, 300, (1, 6))
+    with torch.inference_mode():
+        c = m.new_cache(1, 64)
+        m(prompt, c)
+        steps = [m(new[:, i:i + 1], c).logits for i in range(6)]
+        c = m.new_cache(1, 64)
+        m(prompt, c)
+        block = m(new, c, logits="all").logits
+        c = m.new_cache(1, 64)
+        m(prompt, c)
+        # a tree whose nodes 0-2-4 form the real path; 1, 3, 5 are siblings with other tokens
+        tree_tok = torch.stack([new[0, 0], new[0, 5], new[0, 1], new[0, 3], new[0, 2], new[0, 4]])[None]
+        parent = [-1, -1, 0, 0, 2, 2]
+        tm = torch.eye(6, dtype=torch.bool)
+        for i, p in enumerate(parent):
+            if p >= 0:
+                tm[i] |= tm[p]
+        depth = tm.sum(-1) - 1
+        tree = m(tree_tok, c, logits="all", tree_mask=tm[None], positions=(23 + depth)[None]).logits
+    for i in range(6):
+        assert torch.equal(block[:, i], steps[i])
+    for node, step in [(0, 0), (2, 1), (4, 2)]:
+        assert torch.equal(tree[:, node], steps[step])
+
+
+def test_repacks_after_the_weight_changes_and_bf16_weights():
+    lin = Linear(32, 48)
+    x = torch.randn(3, 32)
+    with torch.inference_mode():
+        a = lin(x)
+    with torch.no_grad():
+        lin.weight.mul_(2)
+    with torch.inference_mode():
+        b = lin(x)
+    assert torch.allclose(b - lin.bias, 2 * (a - lin.bias), atol=1e-5)
+    m = tiny_model()
+    m.set_weight_dtype(torch.bfloat16)
+    assert torch.equal(m.lm_head.weight, m.lm_head.weight.bfloat16().float())  # every path sees bf16 values
+    ids = torch.randint(0, 300, (1, 200))
+    with torch.inference_mode():  # 200 rows: past the kernel's row limit, so F.linear on the rounded weights
+        full = m(ids, m.new_cache(1, 256), logits="all").logits
+        c = m.new_cache(1, 256)
+        m(ids[:, :199], c)
+        last = m(ids[:, 199:], c).logits  # kernel path, bf16-packed weights
+    assert torch.allclose(last, full[:, -1], atol=1e-4)
+
+
+def test_training_bypasses_the_kernel():
+    lin = Linear(16, 8)
+    x = torch.randn(2, 16, requires_grad=True)
+    lin(x).sum().backward()
+    assert x.grad is not None and lin.weight.grad is not None
