@@ -39,9 +39,16 @@ class Backend(Protocol):
 
 
 def auto_dtype(device: str = "cpu") -> torch.dtype:
-    """bfloat16 where the hardware has native bf16 matmuls (decode is memory-bound: half the bytes), else fp32."""
+    """bfloat16 where the hardware has native bf16 matmuls (decode is memory-bound: half the bytes), else fp32.
+
+    On a CPU where lmlab's decoding kernels run (lmlab.core.kernels), fp32: they stream fp32 weights at the bus
+    rate, so fp32 decodes faster than torch's bf16 there, and it is exact across batch sizes."""
     if device.startswith("cuda"):
         return torch.bfloat16
+    from . import kernels
+
+    if device == "cpu" and kernels.enabled():
+        return torch.float32
     try:
         return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
     except (AttributeError, RuntimeError):

@@ -28,19 +28,27 @@ PROMPTS = [
     "List the planets of the solar system in order.",
 ]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bfloat16}
-"""Configurations by name; "int8" is native weight-only int8 with bf16 activations (native side only)."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bfloat16, "float32-nokernels": torch.float32,
+          "bf16-weights": torch.float32}
+"""Configurations by name (native side only for the last three): "int8" is weight-only int8 with bf16 activations,
+"float32-nokernels" is fp32 through torch's own ops (LMLAB_KERNELS=0), "bf16-weights" is weight-only bf16 with fp32
+activations through lmlab's kernels."""
+QUANT = {"int8": "int8", "bf16-weights": "bf16"}
 
 
 def _measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, repeats: int, q: "mp.Queue") -> None:
     torch.manual_seed(0)
+    if dtype == "float32-nokernels":
+        import os
+
+        os.environ["LMLAB_KERNELS"] = "0"  # this process only (each measurement is its own process)
     from .engine import SamplingParams, encode_chat, generate
     from .loader import load_model, load_tokenizer, resolve
 
     tok = load_tokenizer(resolve(model))
     prompts = [encode_chat(tok, [{"role": "user", "content": p}]) for p in (PROMPTS * batch)[:batch]]
     if impl == "native":
-        lm = load_model(model, dtype=DTYPES[dtype], quant="int8" if dtype == "int8" else None)
+        lm = load_model(model, dtype=DTYPES[dtype], quant=QUANT.get(dtype))
         params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
         run = lambda: generate(lm.model, lm.tokenizer, prompts, params)  # noqa: E731
     else:
@@ -90,14 +98,16 @@ def measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, repe
 def run_decode_bench(model: str, batches: list[int], new_tokens: int, repeats: int, json_path: Path | None,
                      pairs: list[tuple[str, str]] | None = None) -> list[dict]:
     """Rows per (batch, native dtype, HF dtype). Default pairs: each side's default dtype on this machine
-    (native 'auto' = bf16 where the CPU has native bf16, HF fp32), then both fp32, then both bf16, then
-    native weight-only int8 (opt-in, not bit-exact) against HF fp32."""
+    (native 'auto' = fp32 where lmlab's CPU kernels run, else bf16 where the CPU has native bf16; HF fp32), then
+    both fp32, native fp32 without lmlab's kernels (the baseline they are measured against), native weight-only
+    bf16, both bf16, then native weight-only int8 (opt-in, not bit-exact) against HF fp32."""
     from .backends import auto_dtype
     from .loader import resolve
 
     resolve(model)  # convert/cache once, before timing
     auto = "bfloat16" if auto_dtype() == torch.bfloat16 else "float32"
-    pairs = pairs or list(dict.fromkeys([(auto, "float32"), ("float32", "float32"), ("bfloat16", "bfloat16"), ("int8", "float32")]))
+    pairs = pairs or list(dict.fromkeys([(auto, "float32"), ("float32", "float32"), ("float32-nokernels", "float32"), ("bf16-weights", "float32"),
+                                         ("bfloat16", "bfloat16"), ("int8", "float32")]))
     rows = []
     print(f"{'batch':>5} {'native':>9} {'hf':>9} {'native tok/s':>13} {'hf tok/s':>9} {'speedup':>8} {'rss MB':>7} {'hf rss MB':>9}")
     for batch in batches:

@@ -91,6 +91,12 @@ def attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, visible: Tensor, scal
     return _EXT.attention(q.contiguous(), k_cache, v_cache, visible, scale)
 
 
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm over the last dim in one fused pass (callers check `usable`)."""
+    shape = x.shape
+    return _EXT.rms_norm(x.reshape(-1, shape[-1]).contiguous(), weight, eps).view(shape)
+
+
 def pack(weight: Tensor, dtype: torch.dtype) -> Tensor:
     """[N, K] -> [ceil(N/64), K, 64] in `dtype` (fp32 or bf16), zero-padded columns: one contiguous stream per block."""
     n, k = weight.shape

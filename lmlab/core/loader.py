@@ -317,7 +317,8 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype | str = torch.float
                quant: str | None = None) -> LoadedModel:
     """Load model and tokenizer. Results are memoised per (name, dtype, device, quant) in this process.
 
-    quant="int8": weight-only int8 projections (see lmlab.core.quant), activations in `dtype` (bf16 advised)."""
+    quant="int8": weight-only int8 projections (see lmlab.core.quant), activations in `dtype` (bf16 advised).
+    quant="bf16": weight-only bf16 (fp32 activations; lmlab's CPU kernels stream half the bytes)."""
     if dtype == "auto":  # bf16 where the hardware has native bf16 matmuls, else fp32
         from .backends import auto_dtype
 
@@ -326,8 +327,10 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype | str = torch.float
         if dtype not in DTYPES:
             raise LmlabError(f"unknown dtype {dtype!r}", hint=f"use auto or one of {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
-    if quant not in (None, "none", "int8"):
-        raise LmlabError(f"unknown quantization {quant!r}", hint="use int8 or leave it unset")
+    if quant not in (None, "none", "int8", "bf16"):
+        raise LmlabError(f"unknown quantization {quant!r}", hint="use int8, bf16 or leave it unset")
+    if quant == "bf16" and dtype != torch.float32:
+        raise LmlabError(f"quant bf16 is weight-only bf16 with fp32 activations, not dtype {dtype}", hint="use --dtype float32 with --quant bf16")
     key = (name, str(dtype), device, str(quant))
     if cache and key in _LOADED:
         return _LOADED[key]
@@ -337,6 +340,8 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype | str = torch.float
         from .quant import quantize_int8
 
         model = quantize_int8(model, dtype)
+    elif quant == "bf16":
+        model.set_weight_dtype(torch.bfloat16)
     lm = LoadedModel(model, load_tokenizer(folder), folder, name)
     if cache:
         _LOADED[key] = lm

@@ -83,10 +83,10 @@ def run_bench(target: str = "smollm2-135m-instruct", prompts: Path | None = None
               log: Callable[[str], None] = print, dtype: str = "float32") -> dict[str, Any]:
     """Run the benchmark; returns (and writes) {"overall": {METHOD: {...}}, "per_category": {...}, ...}.
 
-    fp32 by default: token identity with plain decoding needs a target pass over k tokens to give each token
-    the logits a 1-token step gives it. On this CPU, bf16 GEMM and SDPA kernels sum in a different order for a
-    lone row than for a block of rows, and the last-bit differences flip near-tied greedy choices (measured:
-    see benchmarks/RESULTS.md); fp32 kernels also differ, but by ~1e-5, which has not flipped a token here."""
+    fp32 by default: on a CPU with lmlab's kernels (lmlab.core.kernels) a target pass over k tokens gives each
+    token bit-for-bit the logits a 1-token step gives it, so greedy speculation is lossless by construction.
+    In bf16, torch's kernels sum a lone row and a block of rows in different orders, and the last-bit
+    differences flip near-tied greedy choices (measured: see benchmarks/RESULTS.md)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown or "ar" not in methods:
         raise LmlabError(f"--methods {','.join(methods)}: must include 'ar' and only {', '.join(METHODS)}")

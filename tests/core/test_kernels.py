@@ -108,3 +108,9 @@ def test_training_bypasses_the_kernel():
     x = torch.randn(2, 16, requires_grad=True)
     lin(x).sum().backward()
     assert x.grad is not None and lin.weight.grad is not None
+
+
+def test_rms_norm_matches_torch():
+    x, w = torch.randn(7, 100), torch.randn(100)
+    assert torch.allclose(kernels.rms_norm(x, w, 1e-5), F.rms_norm(x, (100,), w, 1e-5), atol=1e-5)
+    assert torch.equal(kernels.rms_norm(x[3:4], w, 1e-5), kernels.rms_norm(x, w, 1e-5)[3:4])

@@ -161,6 +161,34 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
   return out;
 }
 
+// RMSNorm over the last dim of x [M, H] (fp32, contiguous): one fused pass instead of ~8 small aten ops
+// (50 us -> a few us per call, 61 calls per decoding step). The sum of squares per row has a fixed order.
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous fp32 [M, H]");
+  TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous() && w.numel() == x.size(1), "w: fp32 [H]");
+  const int64_t M = x.size(0), H = x.size(1);
+  auto y = torch::empty_like(x);
+  const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m) {
+    const float* r = xp + m * H;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t j = 0; j < H; j += 16) {
+      const __mmask16 k = H - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (H - j)) - 1u);
+      const __m512 v = _mm512_maskz_loadu_ps(k, r + j);
+      acc = _mm512_fmadd_ps(v, v, acc);
+    }
+    const float inv = 1.0f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(H) + static_cast<float>(eps));
+    const __m512 vi = _mm512_set1_ps(inv);
+    for (int64_t j = 0; j < H; j += 16) {
+      const __mmask16 k = H - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (H - j)) - 1u);
+      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, r + j), vi), _mm512_maskz_loadu_ps(k, wp + j));
+      _mm512_mask_storeu_ps(yp + m * H + j, k, v);
+    }
+  }
+  return y;
+}
+
 // x: fp32 [M, K] contiguous; wp: packed [ceil(N/64), K, 64] fp32 or bf16; bias: fp32 [N] or None.
 torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& wp, int64_t N, const c10::optional<torch::Tensor>& b) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous fp32 [M, K]");
@@ -186,4 +214,5 @@ torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& wp, int
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_linear", &packed_linear, "batch-invariant small-M linear on packed weights");
   m.def("attention", &attention, "batch-invariant attention over visible cached keys");
+  m.def("rms_norm", &rms_norm, "fused RMSNorm over rows");
 }
