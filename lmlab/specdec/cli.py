@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 
-def _cfg(quick: bool, steps: Optional[int], prompts: Optional[int]):
+def _cfg(quick: bool, steps: Optional[int], prompts: Optional[int], self_prompts: Optional[int]):
     from .train import DraftTrainConfig
 
     cfg = DraftTrainConfig.quick() if quick else DraftTrainConfig()
@@ -16,16 +16,19 @@ def _cfg(quick: bool, steps: Optional[int], prompts: Optional[int]):
         cfg.steps = steps
     if prompts:
         cfg.prompts = prompts
+    if self_prompts is not None:
+        cfg.self_prompts = self_prompts
     return cfg
 
 
-def _train(kind: str, target: str, quick: bool, steps: Optional[int], prompts: Optional[int], out: Optional[Path], dtype: str) -> None:
+def _train(kind: str, target: str, quick: bool, steps: Optional[int], prompts: Optional[int], self_prompts: Optional[int], out: Optional[Path],
+           dtype: str) -> None:
     from ..core.loader import load_model
     from .registry import trained_path
     from .train import train_draft_lm, train_eagle_head
 
     lm = load_model(target, dtype=dtype)  # the corpus is the target's own output in the dtype it will run in
-    cfg = _cfg(quick, steps, prompts)
+    cfg = _cfg(quick, steps, prompts, self_prompts)
     dest = out or trained_path(lm, kind, cfg)
     fn = train_draft_lm if kind == "draft" else train_eagle_head
     path = fn(lm, cfg, dest, log_fn=lambda r: typer.echo(f"step {r['step']:4d} loss {r['loss']:.4f} top1 {r.get('top1', 0):.3f} ({r['seconds']:.0f} s)", err=True))
@@ -40,12 +43,13 @@ def register(app: typer.Typer) -> None:
         target: str = typer.Option("smollm2-135m-instruct", "--target", "-m", help="Target model (alias, dir, .gguf, hub id)."),
         quick: bool = typer.Option(False, "--quick", help="Minutes-scale corpus and steps."),
         steps: Optional[int] = typer.Option(None, "--steps"),
-        prompts: Optional[int] = typer.Option(None, "--prompts", help="Number of target generations to distil from."),
+        prompts: Optional[int] = typer.Option(None, "--prompts", help="Held-out Spec-Bench / GSM8K questions the target answers."),
+        self_prompts: Optional[int] = typer.Option(None, "--self-prompts", help="Extra requests the target writes itself (Magpie)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Checkpoint dir (default: the cache, where --speculative sps finds it)."),
-        dtype: str = typer.Option("auto", "--dtype", help="Target dtype: auto (bf16 where the CPU has native bf16), float32, bfloat16."),
+        dtype: str = typer.Option("auto", "--dtype", help="Target dtype: auto (fp32 where lmlab's CPU kernels run, else bf16 where native), float32, bfloat16."),
     ) -> None:
         """Distil a small same-tokenizer draft LM from the target's own generations (an ordinary HF checkpoint)."""
-        _train("draft", target, quick, steps, prompts, out, dtype)
+        _train("draft", target, quick, steps, prompts, self_prompts, out, dtype)
 
     @sub.command("train-head")
     def train_head(
@@ -53,11 +57,12 @@ def register(app: typer.Typer) -> None:
         quick: bool = typer.Option(False, "--quick"),
         steps: Optional[int] = typer.Option(None, "--steps"),
         prompts: Optional[int] = typer.Option(None, "--prompts"),
+        self_prompts: Optional[int] = typer.Option(None, "--self-prompts"),
         out: Optional[Path] = typer.Option(None, "--out", help="Head folder (default: the cache, where --speculative eagle finds it)."),
-        dtype: str = typer.Option("auto", "--dtype", help="Target dtype: auto (bf16 where the CPU has native bf16), float32, bfloat16."),
+        dtype: str = typer.Option("auto", "--dtype", help="Target dtype: auto (fp32 where lmlab's CPU kernels run, else bf16 where native), float32, bfloat16."),
     ) -> None:
         """Train the EAGLE-style feature head on the target's generations (target frozen)."""
-        _train("eagle", target, quick, steps, prompts, out, dtype)
+        _train("eagle", target, quick, steps, prompts, self_prompts, out, dtype)
 
     @sub.command("bench")
     def bench(
@@ -65,7 +70,7 @@ def register(app: typer.Typer) -> None:
         limit_per_category: int = typer.Option(2, "--limit-per-category", help="First N questions of each category (0: all)."),
         max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
         target: str = typer.Option("smollm2-135m-instruct", "--target", "-m"),
-        methods: str = typer.Option(",".join(("ar", "sps", "pld", "eagle", "hf_assisted", "hf_prompt_lookup")), "--methods"),
+        methods: str = typer.Option(",".join(("ar", "sps", "pld", "eagle", "eagle_pld", "hf_assisted", "hf_prompt_lookup")), "--methods"),
         json_path: Optional[Path] = typer.Option(None, "--json", help="Write the summary JSON here (rows go to PATH.rows.jsonl)."),
         categories: str = typer.Option("", "--categories", help="Comma-separated subset of categories (default: all)."),
         dtype: str = typer.Option("float32", "--dtype", help="Target dtype for every method. bf16 is faster but not token-identical on CPU (see RESULTS.md)."),

@@ -110,10 +110,15 @@ class EagleDrafter:
     name = "eagle"
 
     def __init__(self, head: EagleHead, target: Transformer, topk: int = 2, depth: int = 3, total: int = 3, chain: int = 4,
-                 stream_bf16: bool = True):
+                 stream_bf16: bool = True, lookup: bool = False):
+        from .drafters import PromptLookup  # (drafters imports this module)
+
         self.head, self.target = head, target
         self.topk, self.depth, self.total, self.chain = topk, depth, total, chain
-        self.max_nodes = max(total + depth, chain)
+        # lookup: where the context's last n-gram recurs, propose what followed it (prompt lookup) instead of
+        # the head's tree; copying beats a weak head on extraction-like text
+        self.lookup = PromptLookup() if lookup else None
+        self.max_nodes = max(total + depth, chain, self.lookup.max_nodes if self.lookup else 0)
         self.vocab = head.vocab.to(target.device)
         self.rows = subset_head(target.lm_head, self.vocab)
         if stream_bf16:  # draft numbers only steer acceptance: stream the head's weights as bf16 (half the bytes)
@@ -127,6 +132,9 @@ class EagleDrafter:
         self.feats = [hidden[b, :len(p)] for b, p in enumerate(prompts)]  # features of ctx[fed : len-1]
 
     def update(self, ctx: list[list[int]], drafts: list[Draft], paths: list[list[int]], hidden: Tensor) -> None:
+        if self.lookup is not None:
+            rows = [b for b, f in enumerate(self._looked) if f]
+            self.lookup.update([ctx[b] for b in rows], [drafts[b] for b in rows], [paths[b] for b in rows], hidden)
         self.cache.rollback(self.base)  # drop this round's draft slots
         for b, path in enumerate(paths):
             self.feats[b] = hidden[b, [0] + path]  # real features of the root and the accepted nodes
@@ -152,9 +160,17 @@ class EagleDrafter:
 
     def propose(self, ctx: list[list[int]], params: SamplingParams, gen: torch.Generator | None) -> list[Draft]:
         h = self._commit(ctx)
+        self._looked = [False] * len(ctx)
         if params.temperature > 0:
             return self._chain(h, params, gen)
-        return self._tree(h)
+        if self.lookup is None:
+            return self._tree(h)
+        found = self.lookup.propose(ctx, params, gen)
+        self._looked = [len(d) > 0 for d in found]
+        if all(self._looked):
+            return found
+        tree = self._tree(h)
+        return [f if ok else t for f, t, ok in zip(found, tree, self._looked)]
 
     def _logits(self, h: Tensor) -> Tensor:
         return subset_logits(h, self.rows).float()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +14,7 @@ from .drafters import DraftModel, PromptLookup
 from .eagle import EagleDrafter, load_head
 from .train import DraftTrainConfig, _target_id
 
-METHODS = ("sps", "pld", "eagle")
+METHODS = ("sps", "pld", "eagle", "eagle_pld")
 DRAFT_ALIAS = "smollm2-135m-instruct-draft"
 
 
@@ -29,7 +30,8 @@ def find_trained(lm: LoadedModel, kind: str) -> Path | None:
     first, else one trained in the other dtype (bf16 and fp32 features differ only by rounding); else None."""
     own = str(lm.model.dtype).removeprefix("torch.")
     for dt in (own, *(d for d in ("bfloat16", "float32") if d != own)):
-        for cfg in (DraftTrainConfig(), DraftTrainConfig.quick()):
+        # the full config, then the full config without self-written prompts (drafts trained before they existed)
+        for cfg in (DraftTrainConfig(), replace(DraftTrainConfig(), self_prompts=0), DraftTrainConfig.quick()):
             p = trained_path(lm, kind, cfg, dt)
             if p.is_dir():
                 return p
@@ -84,14 +86,16 @@ def draft_vocab_of(path: Path):
 
 def make_drafter(lm: LoadedModel, method: str, draft: str | None = None, head: str | None = None, **kw):
     """A drafter for target `lm`: 'pld', 'sps' (draft LM: `draft` alias/path or the cached one) or
-    'eagle' (head folder `head` or the cached one)."""
+    'eagle' (head folder `head` or the cached one), 'eagle_pld' (eagle, but prompt lookup where the context's
+    last n-gram recurs)."""
     if method == "pld":
         return PromptLookup(**kw)
     if method == "sps":
         d = load_draft(lm, draft)
         vocab = draft_vocab_of(d.path)
         return DraftModel(d.model, vocab=None if vocab is None else vocab.to(lm.model.device), **kw)
-    if method == "eagle":
+    if method in ("eagle", "eagle_pld"):
+        kw.setdefault("lookup", method == "eagle_pld")
         p = Path(head) if head else find_trained(lm, "eagle")
         if p is None:
             raise LmlabError(f"no EAGLE head trained for {lm.name}", hint="run `lmlab specdec train-head` (a few minutes on CPU)")
