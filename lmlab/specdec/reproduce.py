@@ -45,7 +45,8 @@ def run(ctx: ReproduceContext) -> Section:
     ]
     md = (f"Greedy, {res['n_prompts']} Spec-Bench prompts ({'1 per category, ' + ', '.join(QUICK_CATEGORIES) if ctx.quick else '2 per category'}), "
           f"{64 if ctx.quick else 128} new tokens, {res['config']['dtype']}, target {ctx.model}; drafts trained on the target's own generations "
-          f"(draft LM: {used['draft']['prompts']} prompts x {used['draft']['new_tokens']} tokens, {used['draft']['steps']} steps; EAGLE head: "
-          f"{used['eagle']['prompts']} x {used['eagle']['new_tokens']}, {used['eagle']['steps']} steps). `verify_cost` is one verification pass in units of one "
+          f"(draft LM: {used['draft']['prompts']} + {used['draft'].get('self_prompts', 0)} self-written prompts x {used['draft']['new_tokens']} tokens, "
+          f"{used['draft']['steps']} steps; EAGLE head: {used['eagle']['prompts']} + {used['eagle'].get('self_prompts', 0)} x {used['eagle']['new_tokens']}, "
+          f"{used['eagle']['steps']} steps). `verify_cost` is one verification pass in units of one "
           "plain decoding step (the formula assumes 1). eagle_pld is the EAGLE head with prompt lookup where the context's last n-gram recurs.\n\n" + table(res))
     return Section("specdec", "Speculative decoding (Spec-Bench)", md, figures=[fig], data=json.loads(json.dumps(res)), verdicts=verdicts)
