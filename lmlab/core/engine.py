@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .errors import LmlabError
-from .model import KVCache, Transformer
+from .model import ForwardOut, KVCache, Transformer
 
 
 @dataclass
@@ -82,13 +82,41 @@ def sample(logits: Tensor, p: SamplingParams, generator: torch.Generator | None 
 
 
 # ------------------------------------------------------------------------------------------ steps
+PAD_WASTE = 1.25  # prefill row by row once padding to the longest row would add this much work or more
+
+
+def prefill_forward(model: Transformer, cache: KVCache, prompts: Sequence[Sequence[int]], **kw: Any) -> ForwardOut:
+    """Append each row's prompt to the (empty) cache; logits [B, V] at each row's last token and last_hidden
+    [B, T, H] (rows right-padded to the longest, T).
+
+    Why row by row for mixed lengths: a padded batch costs B x longest, and a batch that mixes a 2k-token
+    article with one-line questions (Spec-Bench, a draft-training corpus) would do several times the needed
+    work; one forward per row costs the sum of the lengths. It also gives every row exactly the arithmetic of
+    a lone prompt, whatever its batch-mates. Hooks (which may index rows) keep the padded batch."""
+    lens = [len(p) for p in prompts]
+    B, T = len(prompts), max(lens)
+    dev = model.device
+    if B > 1 and not kw and cache.key_bias is None and not any(cache.lengths) and B * T >= PAD_WASTE * sum(lens):
+        logits, hidden = [], None
+        for b, p in enumerate(prompts):
+            one = model.new_cache(1, len(p))
+            out = model(torch.tensor([list(p)], device=dev), one)
+            for i in range(len(cache.k)):
+                cache.k[i][b, :, :len(p)] = one.k[i][0]
+                cache.v[i][b, :, :len(p)] = one.v[i][0]
+            cache.lengths[b] = len(p)
+            if hidden is None:
+                hidden = out.last_hidden.new_zeros(B, T, out.last_hidden.shape[-1])
+            hidden[b, :len(p)] = out.last_hidden[0]
+            logits.append(out.logits)
+        return ForwardOut(torch.cat(logits), None, hidden)
+    ids = torch.tensor([list(p) + [0] * (T - len(p)) for p in prompts], device=dev)
+    return model(ids, cache, num_tokens=None if min(lens) == T else lens, **kw)
+
+
 def prefill(model: Transformer, cache: KVCache, prompts: Sequence[Sequence[int]], **kw: Any) -> Tensor:
     """Append each row's prompt to the cache; returns the last-position logits [B, V]."""
-    T = max(len(p) for p in prompts)
-    pad = 0
-    ids = torch.tensor([list(p) + [pad] * (T - len(p)) for p in prompts], device=model.device)
-    lens = [len(p) for p in prompts]
-    return model(ids, cache, num_tokens=None if min(lens) == T else lens, **kw).logits
+    return prefill_forward(model, cache, prompts, **kw).logits
 
 
 def decode_step(model: Transformer, cache: KVCache, tokens: Tensor, **kw: Any) -> Tensor:

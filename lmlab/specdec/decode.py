@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..core.engine import (Generation, collect, SamplingParams, StreamEvent, _RowText, check_context, eos_ids, make_generator,
-                           probs_from_logits, sample)
+                           prefill_forward, probs_from_logits, sample)
 from ..core.model import Transformer
 from .verify import AcceptFn, Draft, accept, tree_attention
 
@@ -128,10 +128,7 @@ def spec_stream(
     with torch.inference_mode():
         capacity = max(len(x) for x in prompts) + max_new + drafter.max_nodes + 2
         cache = model.new_cache(B, capacity)
-        T = max(len(x) for x in prompts)
-        lens = [len(x) for x in prompts]
-        ids = torch.tensor([list(x) + [0] * (T - len(x)) for x in prompts], device=dev)
-        fo = model(ids, cache, num_tokens=None if min(lens) == T else lens)
+        fo = prefill_forward(model, cache, prompts)
         first = sample(fo.logits, p, gen).tolist()
         ctx = [list(x) + [t] for x, t in zip(prompts, first)]
         rows = list(range(B))

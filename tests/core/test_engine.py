@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-from lmlab.core.engine import (SamplingParams, encode_chat, filter_logits, generate, probs_from_logits, stream_generate)
+from lmlab.core.engine import (SamplingParams, encode_chat, filter_logits, generate, prefill_forward, probs_from_logits,
+                               stream_generate)
 from lmlab.core.errors import LmlabError
 from lmlab.core.loader import _smollm2_gguf, load_model
 
@@ -54,6 +55,24 @@ def test_batch_of_different_lengths_equals_single_rows(smollm):
     batch = generate(smollm.model, tok, ids, p)
     for i, x in enumerate(ids):
         assert generate(smollm.model, tok, [x], p)[0].token_ids == batch[i].token_ids
+
+
+def test_mixed_length_prefill_is_row_by_row_and_equals_lone_prompts(smollm):
+    """A long and a short prompt: the short row is not padded (cache and hidden hold exactly its own
+    tokens) and every row's logits, hidden states and K/V are those of the prompt prefilled alone."""
+    m, tok = smollm.model, smollm.tokenizer
+    rows = [tok(" ".join(PROMPTS * 6)).input_ids, tok(PROMPTS[0]).input_ids]
+    cache = m.new_cache(2, 256)
+    with torch.inference_mode():
+        out = prefill_forward(m, cache, rows)
+        assert cache.lengths == [len(r) for r in rows]
+        for b, r in enumerate(rows):
+            one = m.new_cache(1, 256)
+            ref = prefill_forward(m, one, [r])
+            assert torch.equal(out.logits[b], ref.logits[0])
+            assert torch.equal(out.last_hidden[b, :len(r)], ref.last_hidden[0])
+            assert torch.equal(cache.k[3][b, :, :len(r)], one.k[3][0, :, :len(r)])
+        assert not out.last_hidden[1, len(rows[1]):].any()  # padding positions were never computed
 
 
 def test_stop_strings_tokens_and_length(smollm):

@@ -41,7 +41,7 @@ def test_trained_drafts_round_trip(smollm, tmp_path):
     (transformers loads it and agrees with the native model), the head reloads bit-identically."""
     from transformers import AutoModelForCausalLM
 
-    cfg = DraftTrainConfig(prompts=2, new_tokens=8, steps=3, batch=2, window=32, vocab=1024)
+    cfg = DraftTrainConfig(prompts=2, new_tokens=8, steps=3, batch=2, window=32, vocab=1024, self_prompts=2)
     d = train_draft_lm(smollm, cfg, tmp_path / "draft")
     assert json.loads((d / "specdec_train.json").read_text())["final"]["step"] == 3
     lmd = load_draft(smollm, str(d))
