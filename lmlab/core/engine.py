@@ -96,20 +96,27 @@ def prefill_forward(model: Transformer, cache: KVCache, prompts: Sequence[Sequen
     lens = [len(p) for p in prompts]
     B, T = len(prompts), max(lens)
     dev = model.device
-    if B > 1 and not kw and cache.key_bias is None and not any(cache.lengths) and B * T >= PAD_WASTE * sum(lens):
-        logits, hidden = [], None
+    if (B > 1 and set(kw) <= {"output_hidden_states"} and cache.key_bias is None and not any(cache.lengths)
+            and B * T >= PAD_WASTE * sum(lens)):
+        outs = []
         for b, p in enumerate(prompts):
             one = model.new_cache(1, len(p))
-            out = model(torch.tensor([list(p)], device=dev), one)
+            outs.append(model(torch.tensor([list(p)], device=dev), one, **kw))
             for i in range(len(cache.k)):
                 cache.k[i][b, :, :len(p)] = one.k[i][0]
                 cache.v[i][b, :, :len(p)] = one.v[i][0]
             cache.lengths[b] = len(p)
-            if hidden is None:
-                hidden = out.last_hidden.new_zeros(B, T, out.last_hidden.shape[-1])
-            hidden[b, :len(p)] = out.last_hidden[0]
-            logits.append(out.logits)
-        return ForwardOut(torch.cat(logits), None, hidden)
+
+        def padded(rows: list[Tensor]) -> Tensor:
+            x = rows[0].new_zeros(B, T, rows[0].shape[-1])
+            for b, r in enumerate(rows):
+                x[b, :r.shape[1]] = r[0]
+            return x
+
+        states = None
+        if outs[0].hidden_states is not None:
+            states = [padded([o.hidden_states[i] for o in outs]) for i in range(len(outs[0].hidden_states))]
+        return ForwardOut(torch.cat([o.logits for o in outs]), states, padded([o.last_hidden for o in outs]))
     ids = torch.tensor([list(p) + [0] * (T - len(p)) for p in prompts], device=dev)
     return model(ids, cache, num_tokens=None if min(lens) == T else lens, **kw)
 

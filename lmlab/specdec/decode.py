@@ -18,6 +18,7 @@ from torch import Tensor
 from ..core.engine import (Generation, collect, SamplingParams, StreamEvent, _RowText, check_context, eos_ids, make_generator,
                            prefill_forward, probs_from_logits, sample)
 from ..core.model import Transformer
+from .eagle import target_features
 from .verify import AcceptFn, Draft, accept, tree_attention
 
 
@@ -29,13 +30,14 @@ class Drafter(Protocol):
     max_nodes: int  # most draft nodes one proposal may hold (sizes the KV caches)
 
     def begin(self, prompts: list[list[int]], hidden: Tensor, capacity: int) -> None:
-        """After the target's prefill; `hidden` is its final normed hidden state [B, T, H] (right-padded)."""
+        """After the target's prefill; `hidden` is its final normed hidden state [B, T, H] (right-padded), or,
+        for a drafter with a non-empty `feature_layers` attribute, those hidden states concatenated."""
 
     def propose(self, ctx: list[list[int]], params: SamplingParams, gen: torch.Generator | None) -> list[Draft]: ...
 
     def update(self, ctx: list[list[int]], drafts: list[Draft], paths: list[list[int]], hidden: Tensor) -> None:
         """After verification: `ctx` already holds the newly committed tokens, `paths` the accepted nodes,
-        `hidden` the target's final hidden state over [root, nodes...] [B, 1+n, H]."""
+        `hidden` the target's features (as in `begin`) over [root, nodes...] [B, 1+n, ...]."""
 
     def keep(self, index: Tensor) -> None:
         """Rows `index` stay in the batch (finished rows leave)."""
@@ -128,7 +130,8 @@ def spec_stream(
     with torch.inference_mode():
         capacity = max(len(x) for x in prompts) + max_new + drafter.max_nodes + 2
         cache = model.new_cache(B, capacity)
-        fo = prefill_forward(model, cache, prompts)
+        layers = tuple(getattr(drafter, "feature_layers", ()))
+        fo = prefill_forward(model, cache, prompts, **({"output_hidden_states": True} if layers else {}))
         first = sample(fo.logits, p, gen).tolist()
         ctx = [list(x) + [t] for x, t in zip(prompts, first)]
         rows = list(range(B))
@@ -138,7 +141,7 @@ def spec_stream(
             yield from evs
             if not done:
                 keep.append(j)
-        drafter.begin([list(x) for x in prompts], fo.last_hidden, capacity)
+        drafter.begin([list(x) for x in prompts], target_features(fo, layers), capacity)
         while keep:
             if len(keep) < len(rows):
                 idx = torch.tensor(keep, device=dev)
@@ -152,11 +155,11 @@ def spec_stream(
             ids = torch.tensor([[c[-1]] + d.tokens + [0] * (width - 1 - len(d)) for c, d in zip(ctx, drafts)], device=dev)
             L = list(cache.lengths)
             if all(d.is_chain() and len(d) == width - 1 for d in drafts):
-                vo = model(ids, cache, logits="all")  # plain causal chains: no mask to build
+                vo = model(ids, cache, logits="all", output_hidden_states=bool(layers))  # plain causal chains: no mask
             else:
                 mask, depth = tree_attention(drafts, width, dev)
                 pos = torch.tensor(L, device=dev)[:, None] + depth
-                vo = model(ids, cache, positions=pos, tree_mask=mask, logits="all")
+                vo = model(ids, cache, positions=pos, tree_mask=mask, logits="all", output_hidden_states=bool(layers))
             paths, nexts = [], []
             probs = probs_from_logits(vo.logits, p) if p.temperature > 0 else None  # one batched call, not one per row
             for b, d in enumerate(drafts):
@@ -181,7 +184,7 @@ def spec_stream(
                 st.depth += max(d.depths())
                 end = paths[b][-1] if paths[b] else 0
                 st.tries += len(paths[b]) + (1 if d.children()[end] else 0)  # + the rejected level, if any
-            drafter.update(ctx, drafts, paths, vo.last_hidden)
+            drafter.update(ctx, drafts, paths, target_features(vo, layers))
             keep = []
             for j, r in enumerate(rows):
                 evs, done = out.emit(r, new[j])

@@ -26,21 +26,41 @@ from .verify import Draft
 
 
 class EagleHead(nn.Module):
-    """fc([feature; token embedding]) -> one Llama decoder layer -> RMSNorm -> predicted feature."""
+    """fc([feature; token embedding]) -> Llama decoder layer(s) (EAGLE: one) -> RMSNorm -> predicted feature.
 
-    def __init__(self, target_cfg, vocab: Tensor):
+    `feature_layers` (EAGLE-3, Li et al. 2025): instead of the target's final hidden state alone, read several
+    of its hidden states (indexes in the HF convention: 0 = embeddings, i = output of layer i, the last one
+    normed), fused by one linear map into the feature space. Only the first draft level sees target features;
+    deeper levels read the head's own outputs, which training feeds it too (`train.unrolled_head_loss`).
+    """
+
+    def __init__(self, target_cfg, vocab: Tensor, layers: int = 1, feature_layers: tuple[int, ...] = ()):
         super().__init__()
         H = target_cfg.hidden_size
         self.fc = Linear(2 * H, H, bias=True)
-        # a 1-layer Transformer gives the decoder layer, KV cache, RoPE and tree masks; its own embedding and
+        self.fuse = Linear(len(feature_layers) * H, H, bias=False) if feature_layers else None
+        # a small Transformer gives the decoder layer(s), KV cache, RoPE and tree masks; its own embedding and
         # LM head are unused (vocab_size=1): the target's frozen ones are passed in at call time
-        self.body = Transformer(replace(target_cfg, num_layers=1, vocab_size=1, tie_word_embeddings=True))
+        self.body = Transformer(replace(target_cfg, num_layers=layers, vocab_size=1, tie_word_embeddings=True))
         self.register_buffer("vocab", vocab.long().clone())
+        self.register_buffer("feature_layers", torch.tensor(feature_layers, dtype=torch.long))
+
+    def fuse_in(self, feats: Tensor) -> Tensor:
+        """Target features -> the head's feature space (identity for EAGLE's single final feature)."""
+        return feats if self.fuse is None else self.fuse(feats.to(self.fuse.weight.dtype))
 
     def forward(self, feats: Tensor, tokens: Tensor, embed: nn.Embedding, cache, **kw) -> Tensor:
-        """feats [B, T, H], tokens [B, T] -> predicted next features [B, T, H] (normed)."""
+        """feats [B, T, H] (head feature space), tokens [B, T] -> predicted next features [B, T, H] (normed)."""
         x = self.fc(torch.cat([feats.to(self.fc.weight.dtype), embed(tokens).to(self.fc.weight.dtype)], -1))
         return self.body(tokens, cache, inputs_embeds=x, logits="none", **kw).last_hidden
+
+
+def target_features(out, layers: tuple[int, ...]) -> Tensor:
+    """What a feature-level draft reads from a target forward (`ForwardOut`): the final normed hidden state,
+    or the hidden states `layers` concatenated (the forward must then have run with output_hidden_states)."""
+    if not layers:
+        return out.last_hidden
+    return torch.cat([out.hidden_states[i] for i in layers], -1)
 
 
 def subset_head(lm_head: nn.Linear, vocab: Tensor) -> Linear:
@@ -83,12 +103,17 @@ def load_head(folder: Path, target: Transformer) -> EagleHead:
     if not f.exists():
         raise LmlabError(f"{folder}: no eagle_head.safetensors", hint="train one with `lmlab specdec train-head`")
     sd = load_file(str(f))
-    head = EagleHead(target.cfg, sd["vocab"])
+    layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("body.layers."))
+    fl = tuple(sd["feature_layers"].tolist()) if "feature_layers" in sd else ()  # heads saved before EAGLE-3 features
+    if any(not 0 <= i <= target.cfg.num_layers for i in fl):
+        raise LmlabError(f"{folder}: head reads hidden states {list(fl)}, target has {target.cfg.num_layers} layers",
+                         hint="train a head for this target with `lmlab specdec train-head --target ...`")
+    head = EagleHead(target.cfg, sd["vocab"], layers, fl)
     if sd["fc.weight"].shape[1] != 2 * target.cfg.hidden_size:
         raise LmlabError(f"{folder}: head was trained for hidden size {sd['fc.weight'].shape[1] // 2}, target has {target.cfg.hidden_size}",
                          hint="train a head for this target with `lmlab specdec train-head --target ...`")
     missing, unexpected = head.load_state_dict(sd, strict=False)
-    missing = [m for m in missing if not m.startswith(("body.embed", "body.lm_head"))]
+    missing = [m for m in missing if not m.startswith(("body.embed", "body.lm_head")) and m != "feature_layers"]
     if missing or unexpected:
         raise LmlabError(f"{f}: tensors do not match an EAGLE head (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return head.to(device=target.device, dtype=target.dtype).eval()
@@ -119,6 +144,7 @@ class EagleDrafter:
         # the head's tree; copying beats a weak head on extraction-like text
         self.lookup = PromptLookup() if lookup else None
         self.max_nodes = max(total + depth, chain, self.lookup.max_nodes if self.lookup else 0)
+        self.feature_layers = tuple(head.feature_layers.tolist())  # what spec_stream passes as `hidden`
         self.vocab = head.vocab.to(target.device)
         self.rows = subset_head(target.lm_head, self.vocab)
         if stream_bf16:  # draft numbers only steer acceptance: stream the head's weights as bf16 (half the bytes)
@@ -148,13 +174,13 @@ class EagleDrafter:
         dev = self.target.device
         n = [f.shape[0] for f in self.feats]
         T = max(n)
-        H = self.target.cfg.hidden_size
-        feats = torch.zeros(len(ctx), T, H, dtype=self.target.dtype, device=dev)
+        F_ = self.feats[0].shape[-1]
+        feats = torch.zeros(len(ctx), T, F_, dtype=self.target.dtype, device=dev)
         toks = torch.zeros(len(ctx), T, dtype=torch.long, device=dev)
         for b, c in enumerate(ctx):
             feats[b, :n[b]] = self.feats[b]
             toks[b, :n[b]] = torch.tensor(c[len(c) - n[b]:], device=dev)
-        h = self.head(feats, toks, self.target.embed, self.cache, num_tokens=n if min(n) != T else None)
+        h = self.head(self.head.fuse_in(feats), toks, self.target.embed, self.cache, num_tokens=n if min(n) != T else None)
         self.base = list(self.cache.lengths)
         return h[torch.arange(len(ctx), device=dev), torch.tensor(n, device=dev) - 1]
 

@@ -30,7 +30,7 @@ from ..core.loader import LoadedModel, save_checkpoint
 from ..core.model import Transformer
 from ..core.paths import cache_dir, shared_data
 from ..core.train import TrainConfig, train
-from .eagle import EagleHead, save_head
+from .eagle import EagleHead, save_head, target_features
 
 log = logging.getLogger("lmlab.specdec")
 
@@ -51,6 +51,8 @@ class DraftTrainConfig:
     feat_noise: float = 0.1  # EAGLE's uniform input-feature noise, relative to the features' RMS
     draft_layers: tuple[int, ...] = (0, -1)  # target layers that initialise the draft LM
     vocab: int = 8192  # draft-side token subset (frequency-ranked)
+    head_layers: int = 1  # decoder layers in the EAGLE head (EAGLE: 1), initialised from the target's last ones
+    feature_layers: tuple[int, ...] = ()  # target hidden states the head reads (EAGLE-3 fusion); () = the final one
     self_prompts: int = 256  # extra requests the target writes itself (Magpie), for variety beyond the held-out set
     seed: int = 0
 
@@ -59,8 +61,11 @@ class DraftTrainConfig:
         return DraftTrainConfig(prompts=16, new_tokens=64, steps=80, batch=4, window=96, self_prompts=0)
 
     def key(self) -> str:
-        d = {k: v for k, v in self.__dict__.items() if not (k == "self_prompts" and v == 0)}  # older keys stay valid
+        d = {k: v for k, v in self.__dict__.items() if _ADDED.get(k, object()) != v}  # older keys stay valid
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+_ADDED = {"self_prompts": 0, "head_layers": 1, "feature_layers": ()}  # fields added later, left out of the key at their old behaviour
 
 
 # ------------------------------------------------------------------------------------------ corpus
@@ -121,14 +126,18 @@ def _target_id(lm: LoadedModel) -> str:
     return f"{Path(lm.path).name}-{hashlib.sha256(str(Path(lm.path).resolve()).encode()).hexdigest()[:8]}"
 
 
+def _corpus_dir(lm: LoadedModel, cfg: DraftTrainConfig) -> Path:
+    dt = str(lm.model.dtype).removeprefix("torch.")
+    extra = f"-self{cfg.self_prompts}" if cfg.self_prompts else ""
+    return cache_dir("specdec", "corpus", f"{_target_id(lm)}-{cfg.prompts}-{cfg.new_tokens}-{cfg.topk}-{dt}{extra}")
+
+
 def build_corpus(lm: LoadedModel, cfg: DraftTrainConfig, batch: int = 16) -> list[dict[str, Tensor]]:
     """Target generations with per-position features and top-K logits, cached in chunks (resumable).
 
     Generated in the target's own dtype (greedy bf16 and fp32 continuations differ), batched because a
     16-row decode step costs little more than a 1-row one on a memory-bound CPU."""
-    dt = str(lm.model.dtype).removeprefix("torch.")
-    extra = f"-self{cfg.self_prompts}" if cfg.self_prompts else ""
-    folder = cache_dir("specdec", "corpus", f"{_target_id(lm)}-{cfg.prompts}-{cfg.new_tokens}-{cfg.topk}-{dt}{extra}")
+    folder = _corpus_dir(lm, cfg)
     m, tok = lm.model, lm.tokenizer
     qs = training_questions(cfg.prompts)
     if cfg.self_prompts:
@@ -155,6 +164,28 @@ def _features(m: Transformer, ids: list[int], topk: int) -> dict[str, Tensor]:
     h = out.last_hidden[0]
     val, idx = m.lm_head(h).float().topk(topk, -1)
     return {"ids": torch.tensor(ids), "feat": h.float().cpu(), "top_idx": idx.int().cpu(), "top_val": val.cpu()}
+
+
+@torch.inference_mode()
+def add_layer_features(lm: LoadedModel, cfg: DraftTrainConfig, seqs: list[dict[str, Tensor]]) -> None:
+    """s["layers"]: the target's hidden states `cfg.feature_layers` concatenated, per position (EAGLE-3's fused
+    input), recomputed by one prefill per sequence and cached beside the corpus."""
+    path = _corpus_dir(lm, cfg) / f"layers-{'-'.join(map(str, cfg.feature_layers))}.pt"
+    if path.exists():
+        feats = torch.load(path)
+    else:
+        m, feats = lm.model, []
+        for i, s in enumerate(seqs):
+            if i % 64 == 0:
+                log.warning("specdec corpus: hidden states %s, sequence %d of %d", list(cfg.feature_layers), i, len(seqs))
+            ids = s["ids"].tolist()
+            out = m(torch.tensor([ids], device=m.device), m.new_cache(1, len(ids)), logits="none", output_hidden_states=True)
+            feats.append(target_features(out, cfg.feature_layers)[0].float().cpu())
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        torch.save(feats, tmp)
+        os.replace(tmp, path)
+    for s, f in zip(seqs, feats):
+        s["layers"] = f
 
 
 def draft_vocab(seqs: list[dict[str, Tensor]], size: int, vocab_size: int) -> Tensor:
@@ -202,7 +233,7 @@ def _windows(seqs: list[dict[str, Tensor]], cfg: DraftTrainConfig, shift: int, d
             a = rng.randrange(0, len(s["ids"]) - shift - W_ + 1)
             t = slice(a + shift, a + shift + W_)
             out["ids"].append(s["ids"][t] if shift else s["ids"][a:a + W_])
-            out["in_feat"].append(s["feat"][a:a + W_])
+            out["in_feat"].append(s["layers" if "layers" in s else "feat"][a:a + W_])
             out["feat"].append(s["feat"][t])
             out["top_idx"].append(s["top_idx"][t])
             out["top_val"].append(s["top_val"][t])
@@ -284,7 +315,8 @@ def unrolled_head_loss(head: EagleHead, b: dict[str, Tensor], embed: nn.Embeddin
     pass k+1 reads, at a random half of the positions, the feature pass k *predicted* there. At inference
     every draft level after the first reads the head's own predictions, so a head trained only on true
     features (pass 1) compounds its errors with depth; this is a cheap form of EAGLE-3's training-time test."""
-    feats, total, logs = b["in_feat"], 0.0, {}
+    true = head.fuse_in(b["in_feat"])  # the target's features in the head's space (EAGLE-3: fused layers)
+    feats, total, logs = true, 0.0, {}
     B, T = b["ids"].shape
     gen = torch.Generator(device=feats.device).manual_seed(int(b["ids"].sum()))
     for k in range(cfg.unroll):
@@ -295,7 +327,7 @@ def unrolled_head_loss(head: EagleHead, b: dict[str, Tensor], embed: nn.Embeddin
         logs.update(m if k == 0 else {f"top1_{k + 1}": m["top1"]})
         pred = torch.cat([feats[:, :1], h[:, :-1].detach()], 1)  # position t+1 reads what was predicted at t
         own = torch.rand(B, T, 1, generator=gen, device=feats.device) < 0.5
-        feats = torch.where(own, pred, b["in_feat"])
+        feats = torch.where(own, pred, true)
     return total, logs
 
 
@@ -305,9 +337,20 @@ def train_eagle_head(lm: LoadedModel, cfg: DraftTrainConfig, out: Path, log_fn=N
     target = lm.model
     vocab = draft_vocab(seqs, cfg.vocab, lm.config.vocab_size)
     vocab_d = vocab.to(target.device)
-    head = EagleHead(target.cfg, vocab).to(device=target.device, dtype=torch.float32)
-    last = target.cfg.num_layers - 1
-    head.body.layers[0].load_state_dict({k.removeprefix(f"layers.{last}."): v for k, v in target.state_dict().items() if k.startswith(f"layers.{last}.")})
+    if cfg.feature_layers:
+        add_layer_features(lm, cfg, seqs)
+    head = EagleHead(target.cfg, vocab, cfg.head_layers, cfg.feature_layers).to(device=target.device, dtype=torch.float32)
+    if head.fuse is not None:  # start as plain EAGLE where the final hidden state is among the inputs: it only gains
+        H, final = target.cfg.hidden_size, target.cfg.num_layers
+        with torch.no_grad():
+            head.fuse.weight.normal_(0, 0.02 / len(cfg.feature_layers) ** 0.5)
+            if final in cfg.feature_layers:
+                j = cfg.feature_layers.index(final)
+                head.fuse.weight[:, j * H:(j + 1) * H] = torch.eye(H)
+    n = target.cfg.num_layers
+    for j, layer in enumerate(head.body.layers):  # the target's last head_layers layers, in order
+        src = f"layers.{n - cfg.head_layers + j}."
+        layer.load_state_dict({k.removeprefix(src): v for k, v in target.state_dict().items() if k.startswith(src)})
     head.body.norm.load_state_dict(target.norm.state_dict())
     embed = nn.Embedding.from_pretrained(target.embed.weight.detach().float(), freeze=True)
     lm_head = nn.Linear(target.cfg.hidden_size, target.cfg.vocab_size, bias=False).to(target.device)

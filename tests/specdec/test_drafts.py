@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -56,6 +57,11 @@ def test_trained_drafts_round_trip(smollm, tmp_path):
     own = [k for k in a.state_dict() if not k.startswith(("body.embed", "body.lm_head"))]  # unused 1-token stubs
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in own) and "fc.weight" in own
     assert make_drafter(smollm, "eagle", head=str(h)).vocab.numel() == 1024
+    # EAGLE-3 variant: fused low/mid/final hidden states, two decoder layers; reloads with both
+    h3 = train_eagle_head(smollm, replace(cfg, feature_layers=(2, 15, 30), head_layers=2), tmp_path / "head3")
+    c = load_head(h3, smollm.model)
+    assert c.feature_layers.tolist() == [2, 15, 30] and len(c.body.layers) == 2 and c.fuse.weight.shape == (576, 3 * 576)
+    assert make_drafter(smollm, "eagle", head=str(h3)).feature_layers == (2, 15, 30)
 
 
 def test_mismatched_tokenizer_is_one_line_error(smollm, tmp_path, make_tiny):

@@ -34,10 +34,13 @@ def make(kind, lm):
     if kind == "sps":  # an untrained 2-layer draft: poor proposals exercise rejections everywhere
         return DraftModel(init_draft_lm(lm.model, (0, -1)).eval(), vocab=torch.arange(4096))
     torch.manual_seed(0)
-    return EagleDrafter(EagleHead(lm.model.cfg, torch.arange(4096)).eval(), lm.model, topk=3, depth=3, total=6, lookup=kind == "eagle_pld")
+    n = lm.model.cfg.num_layers
+    layers = (2, n // 2, n) if kind == "eagle3" else ()  # EAGLE-3: fused low/mid/final hidden states
+    head = EagleHead(lm.model.cfg, torch.arange(4096), feature_layers=layers).eval()
+    return EagleDrafter(head, lm.model, topk=3, depth=3, total=6, lookup=kind == "eagle_pld")
 
 
-@pytest.mark.parametrize("kind", ["pld", "sps", "eagle", "eagle_pld"])
+@pytest.mark.parametrize("kind", ["pld", "sps", "eagle", "eagle_pld", "eagle3"])
 def test_batched_greedy_identical(smollm, prompts, reference, kind):
     st = SpecStats()
     out = spec_generate(smollm.model, smollm.tokenizer, make(kind, smollm), prompts, SamplingParams(max_new_tokens=40), stats=st)
