@@ -8,10 +8,13 @@ from typing import Optional
 import typer
 
 
-def _cfg(quick: bool, steps: Optional[int], prompts: Optional[int], self_prompts: Optional[int]):
+def _cfg(quick: bool, steps: Optional[int], prompts: Optional[int], self_prompts: Optional[int], **head):
     from .train import DraftTrainConfig
 
     cfg = DraftTrainConfig.quick() if quick else DraftTrainConfig()
+    for k, v in head.items():
+        if v is not None:
+            setattr(cfg, k, v)
     if steps:
         cfg.steps = steps
     if prompts:
@@ -22,13 +25,13 @@ def _cfg(quick: bool, steps: Optional[int], prompts: Optional[int], self_prompts
 
 
 def _train(kind: str, target: str, quick: bool, steps: Optional[int], prompts: Optional[int], self_prompts: Optional[int], out: Optional[Path],
-           dtype: str) -> None:
+           dtype: str, **head) -> None:
     from ..core.loader import load_model
     from .registry import trained_path
     from .train import train_draft_lm, train_eagle_head
 
     lm = load_model(target, dtype=dtype)  # the corpus is the target's own output in the dtype it will run in
-    cfg = _cfg(quick, steps, prompts, self_prompts)
+    cfg = _cfg(quick, steps, prompts, self_prompts, **head)
     dest = out or trained_path(lm, kind, cfg)
     fn = train_draft_lm if kind == "draft" else train_eagle_head
     path = fn(lm, cfg, dest, log_fn=lambda r: typer.echo(f"step {r['step']:4d} loss {r['loss']:.4f} top1 {r.get('top1', 0):.3f} ({r['seconds']:.0f} s)", err=True))
@@ -60,9 +63,20 @@ def register(app: typer.Typer) -> None:
         self_prompts: Optional[int] = typer.Option(None, "--self-prompts"),
         out: Optional[Path] = typer.Option(None, "--out", help="Head folder (default: the cache, where --speculative eagle finds it)."),
         dtype: str = typer.Option("auto", "--dtype", help="Target dtype: auto (fp32 where lmlab's CPU kernels run, else bf16 where native), float32, bfloat16."),
+        head_layers: Optional[int] = typer.Option(None, "--head-layers", help="Decoder layers in the head (EAGLE: 1)."),
+        feature_layers: Optional[str] = typer.Option(None, "--feature-layers",
+                                                     help="Target hidden states the head reads, e.g. 2,15,30 (EAGLE-3 fusion; default: the final one)."),
     ) -> None:
         """Train the EAGLE-style feature head on the target's generations (target frozen)."""
-        _train("eagle", target, quick, steps, prompts, self_prompts, out, dtype)
+        fl = None
+        if feature_layers:
+            try:
+                fl = tuple(int(x) for x in feature_layers.split(","))
+            except ValueError:
+                from ..core.errors import LmlabError
+
+                raise LmlabError(f"--feature-layers {feature_layers!r}: not a list of hidden-state indexes", hint="e.g. --feature-layers 2,15,30") from None
+        _train("eagle", target, quick, steps, prompts, self_prompts, out, dtype, head_layers=head_layers, feature_layers=fl)
 
     @sub.command("bench")
     def bench(

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.engine import SamplingParams, encode_chat, generate
+from ..core.errors import LmlabError
 from ..core.loader import LoadedModel, save_checkpoint
 from ..core.model import Transformer
 from ..core.paths import cache_dir, shared_data
@@ -333,8 +334,11 @@ def unrolled_head_loss(head: EagleHead, b: dict[str, Tensor], embed: nn.Embeddin
 
 def train_eagle_head(lm: LoadedModel, cfg: DraftTrainConfig, out: Path, log_fn=None) -> Path:
     """Train the EAGLE-style head on the target's features (target frozen)."""
-    seqs = build_corpus(lm, cfg)
     target = lm.model
+    if any(not 0 <= i <= target.cfg.num_layers for i in cfg.feature_layers):
+        raise LmlabError(f"feature_layers {list(cfg.feature_layers)}: the target has hidden states 0..{target.cfg.num_layers}",
+                         hint=f"0 = embeddings, i = output of layer i, {target.cfg.num_layers} = the final normed state")
+    seqs = build_corpus(lm, cfg)
     vocab = draft_vocab(seqs, cfg.vocab, lm.config.vocab_size)
     vocab_d = vocab.to(target.device)
     if cfg.feature_layers:

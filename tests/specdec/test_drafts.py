@@ -79,6 +79,8 @@ def test_bad_inputs(smollm, tmp_path):
         load_questions(bad, None)
     with pytest.raises(LmlabError, match="unknown speculative method"):
         make_drafter(smollm, "medusa")
+    with pytest.raises(LmlabError, match="feature_layers \\[99\\]: the target has hidden states 0..30"):
+        train_eagle_head(smollm, DraftTrainConfig(feature_layers=(99,)), tmp_path / "bad")
     assert [q["text"] for q in load_questions(_ok(tmp_path), 1)] == ["a", "c"]
 
 
