@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,15 +25,21 @@ def trained_path(lm: LoadedModel, kind: str, cfg: DraftTrainConfig, dtype: str |
 
 
 def find_trained(lm: LoadedModel, kind: str) -> Path | None:
-    """The full-size trained draft if present, else the quick one; one trained in the target's dtype
-    first, else one trained in the other dtype (bf16 and fp32 features differ only by rounding); else None."""
+    """The trained draft to use for this target: trained in the target's dtype first, else in the other dtype
+    (bf16 and fp32 features differ only by rounding); within a dtype the default config, else the newest other
+    full-size one (trained with another config or before the defaults changed), else the quick one; else None."""
     own = str(lm.model.dtype).removeprefix("torch.")
+    folder = cache_dir("specdec", "drafts")
     for dt in (own, *(d for d in ("bfloat16", "float32") if d != own)):
-        # the full config, then the full config without self-written prompts (drafts trained before they existed)
-        for cfg in (DraftTrainConfig(), replace(DraftTrainConfig(), self_prompts=0), DraftTrainConfig.quick()):
-            p = trained_path(lm, kind, cfg, dt)
-            if p.is_dir():
-                return p
+        full, quick = trained_path(lm, kind, DraftTrainConfig(), dt), trained_path(lm, kind, DraftTrainConfig.quick(), dt)
+        if full.is_dir():
+            return full
+        prefix = full.name[: -len(DraftTrainConfig().key())]
+        others = [p for p in folder.glob(prefix + "*") if p.is_dir() and p != quick and ".tmp" not in p.name]
+        if others:
+            return max(others, key=lambda p: p.stat().st_mtime)
+        if quick.is_dir():
+            return quick
     return None
 
 

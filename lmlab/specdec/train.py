@@ -54,7 +54,7 @@ class DraftTrainConfig:
     vocab: int = 8192  # draft-side token subset (frequency-ranked)
     head_layers: int = 1  # decoder layers in the EAGLE head (EAGLE: 1), initialised from the target's last ones
     feature_layers: tuple[int, ...] = ()  # target hidden states the head reads (EAGLE-3 fusion); () = the final one
-    self_prompts: int = 256  # extra requests the target writes itself (Magpie), for variety beyond the held-out set
+    self_prompts: int = 768  # extra requests the target writes itself (Magpie), for variety beyond the held-out set
     seed: int = 0
 
     @staticmethod

@@ -120,7 +120,8 @@ def test_bench_json_shape(smollm, tmp_path):
 
 def test_trained_drafts_are_found_by_dtype_then_size(tmp_path, monkeypatch):
     """Drafts are cached per corpus dtype; a target prefers one trained in its own dtype and the full config,
-    and falls back to the other dtype (bf16 and fp32 features differ only by rounding)."""
+    then any other full-size one, then the quick one, and falls back to the other dtype (bf16 and fp32
+    features differ only by rounding)."""
     from types import SimpleNamespace
 
     from lmlab.specdec.registry import find_trained, trained_path
@@ -131,6 +132,9 @@ def test_trained_drafts_are_found_by_dtype_then_size(tmp_path, monkeypatch):
     quick_bf16 = trained_path(fp32, "eagle", DraftTrainConfig.quick(), "bfloat16")
     quick_bf16.mkdir(parents=True)
     assert find_trained(fp32, "eagle") == quick_bf16
+    older = trained_path(fp32, "eagle", replace(DraftTrainConfig(), self_prompts=256))  # trained before a default changed
+    older.mkdir(parents=True)
+    assert find_trained(fp32, "eagle") == older
     full_fp32 = trained_path(fp32, "eagle", DraftTrainConfig())
     full_fp32.mkdir(parents=True)
     assert find_trained(fp32, "eagle") == full_fp32 and "float32" in full_fp32.name
