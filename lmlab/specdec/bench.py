@@ -97,7 +97,10 @@ def run_bench(target: str = "smollm2-135m-instruct", prompts: Path | None = None
     params = SamplingParams(max_new_tokens=max_new_tokens)
     cfg = {"target": str(lm.path), "prompts": str(prompts or "spec_bench"), "limit": limit_per_category, "categories": list(categories), "max_new": max_new_tokens,
            "methods": list(methods), "threads": torch.get_num_threads(),
-           "dtype": str(lm.model.dtype).removeprefix("torch.")}
+           "dtype": str(lm.model.dtype).removeprefix("torch."),
+           # which trained drafts ran: rows measured with other drafts must not be resumed into this run
+           "drafts": {k: getattr(find_trained(lm, k), "name", None) for k, ms in (("draft", ("sps", "hf_assisted")), ("eagle", ("eagle", "eagle_pld")))
+                      if any(m in methods for m in ms)}}
     rows_path = Path(json_path).with_suffix(".rows.jsonl") if json_path else None
     rows = _resume(rows_path, _config_key(cfg))
     for i, q in enumerate(qs):
