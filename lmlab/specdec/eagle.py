@@ -11,8 +11,10 @@ vocabulary, so the output is unchanged.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 from ..core.engine import SamplingParams, probs_from_logits
 from ..core.errors import LmlabError
 from ..core.model import Linear, Transformer, set_weight_dtype
+from .cost import best_size, pass_cost
 from .verify import Draft
 
 
@@ -123,27 +126,33 @@ class EagleDrafter:
     """Draft with the head: a dynamic tree (EAGLE-2) under greedy decoding, a sampled chain otherwise.
 
     Tree: the `topk` best tokens at the root; then `depth - 1` times, expand the `topk` frontier nodes with
-    the highest cumulative draft log-probability into `topk` children each; finally keep the `total` best
-    nodes of the whole tree (their ancestors come along since scores only decrease along a path). Each
-    expansion re-runs the head over all expanded nodes of this round with an ancestor mask (one layer, a few
-    dozen tokens), so the cache only ever holds committed context. The defaults are small (3 nodes, measured
-    best on 8 Spec-Bench prompts against 4-8 node trees) because on a 2-core CPU a target pass over k tokens
-    costs ~1.1x (k = 4) to 1.6x (k = 8) a 1-token step and each head level ~0.1 step; on a GPU, where the
-    pass cost stays near 1 up to dozens of tokens, EAGLE-2's own 10/6/60 is the better setting.
+    the highest cumulative draft log-probability into `topk` children each. Each expansion re-runs the head over
+    all expanded nodes of this round with an ancestor mask (one layer, a few dozen tokens), so the cache only
+    ever holds committed context. Which candidates reach the target: with `total` (EAGLE-2) the `total` best
+    nodes; by default (total=None) as many as pay for themselves on this machine (`_auto`): a CPU pass over n
+    tokens costs more than a step past a few tokens, and how much more depends on the context length, so a
+    fixed tree is either too small on short contexts or too large on long ones (measured: fixed 2/3/3 trees were
+    best on the reference machine before its kernels ran on both cores; EAGLE-2's own 10/6/60 suits a GPU).
     """
 
     name = "eagle"
 
-    def __init__(self, head: EagleHead, target: Transformer, topk: int = 2, depth: int = 3, total: int = 3, chain: int = 4,
-                 stream_bf16: bool = True, lookup: bool = False):
+    def __init__(self, head: EagleHead, target: Transformer, topk: int = 3, depth: int = 4, total: int | None = None, chain: int = 4,
+                 stream_bf16: bool = True, lookup: bool = False, max_total: int = 24):
         from .drafters import PromptLookup  # (drafters imports this module)
 
         self.head, self.target = head, target
         self.topk, self.depth, self.total, self.chain = topk, depth, total, chain
-        # lookup: where the context's last n-gram recurs, propose what followed it (prompt lookup) instead of
-        # the head's tree; copying beats a weak head on extraction-like text
-        self.lookup = PromptLookup() if lookup else None
-        self.max_nodes = max(total + depth, chain, self.lookup.max_nodes if self.lookup else 0)
+        # lookup: where the context's last n-gram recurs, prompt lookup's continuation joins the tree (cost-aware
+        # trees) or replaces it (fixed `total`); copying beats a weak head on extraction-like text
+        # cost-aware trees read this machine's pass-cost curve for the target (measured once per model, ~1-2 s)
+        self.cost = pass_cost(target) if total is None else None
+        self.lookup = PromptLookup(cost=self.cost) if lookup else None
+        pool = topk + (depth - 1) * topk * topk
+        self.max_total = min(max_total, pool + (self.lookup.max_nodes if self.lookup else 0))
+        look = self.lookup.max_nodes if self.lookup else 0
+        self.max_nodes = max(self.max_total + max(depth, look) if total is None else total + depth, chain, look)  # (+ ancestors tied on score)
+        self.kappa = [1.0, 1.0]  # EMAs of (accepted, predicted) draft tokens per row: calibrates draft confidence
         self.feature_layers = tuple(head.feature_layers.tolist())  # what spec_stream passes as `hidden`
         self.vocab = head.vocab.to(target.device)
         self.rows = subset_head(target.lm_head, self.vocab)
@@ -160,7 +169,16 @@ class EagleDrafter:
     def update(self, ctx: list[list[int]], drafts: list[Draft], paths: list[list[int]], hidden: Tensor) -> None:
         if self.lookup is not None:
             rows = [b for b, f in enumerate(self._looked) if f]
-            self.lookup.update([ctx[b] for b in rows], [drafts[b] for b in rows], [paths[b] for b in rows], hidden)
+            if self.total is None:  # merged trees: score the lookup chain by how much of it the target accepted
+                for b in rows:
+                    got = [drafts[b].tokens[i - 1] for i in paths[b]]
+                    n = next((i for i, (x, y) in enumerate(zip(got, self._chains[b])) if x != y), min(len(got), len(self._chains[b])))
+                    self.lookup.length.observe(n, n + (1 if n < len(self._chains[b]) else 0))
+            else:
+                self.lookup.update([ctx[b] for b in rows], [drafts[b] for b in rows], [paths[b] for b in rows], hidden)
+        if self._pred is not None:
+            e = 0.9
+            self.kappa = [e * self.kappa[0] + (1 - e) * sum(map(len, paths)) / len(paths), e * self.kappa[1] + (1 - e) * sum(self._pred) / len(paths)]
         self.cache.rollback(self.base)  # drop this round's draft slots
         for b, path in enumerate(paths):
             self.feats[b] = hidden[b, [0] + path]  # real features of the root and the accepted nodes
@@ -185,10 +203,13 @@ class EagleDrafter:
         return h[torch.arange(len(ctx), device=dev), torch.tensor(n, device=dev) - 1]
 
     def propose(self, ctx: list[list[int]], params: SamplingParams, gen: torch.Generator | None) -> list[Draft]:
+        t0 = time.perf_counter()
         h = self._commit(ctx)
-        self._looked = [False] * len(ctx)
+        self._looked, self._pred = [False] * len(ctx), None
         if params.temperature > 0:
             return self._chain(h, params, gen)
+        if self.total is None:
+            return self._auto(ctx, h, t0)
         if self.lookup is None:
             return self._tree(h)
         found = self.lookup.propose(ctx, params, gen)
@@ -197,6 +218,33 @@ class EagleDrafter:
             return found
         tree = self._tree(h)
         return [f if ok else t for f, t, ok in zip(found, tree, self._looked)]
+
+    def _auto(self, ctx: list[list[int]], h: Tensor, t0: float) -> list[Draft]:
+        """Cost-aware tree: the EAGLE-2 candidate pool (plus the prompt-lookup chain, where the context's last n-gram
+        recurs), ranked by cumulative draft confidence; keep the N best nodes, with N (shared by the batch, since
+        the pass is padded to the widest row) maximising expected emitted tokens per unit of time,
+            sum_b (1 + kappa * sum_{i <= N} exp(score_b,i)) / (cost(B (N + 1), L) + draft),
+        where cost is this machine's measured pass cost (`cost.PassCost`), draft this round's drafting time in
+        steps and kappa the running ratio of accepted to predicted tokens (the head's confidence calibration)."""
+        pools = self._tree(h, pools=True)
+        self._chains = [[] for _ in ctx]
+        if self.lookup is not None:
+            a = min(self.lookup.length.alpha, 0.95)
+            for b, c in enumerate(ctx):
+                chain = self.lookup.lookup(c, self.lookup.length.gmax)
+                if chain:
+                    self._looked[b], self._chains[b] = True, chain
+                    _merge_chain(pools[b], chain, [math.log(a) * (j + 1) for j in range(len(chain))])
+        order = [sorted(range(len(p[0])), key=lambda i, p=p: -p[2][i]) for p in pools]
+        kappa = self.kappa[0] / max(self.kappa[1], 1e-6)
+        gain = [[0.0] for _ in pools]  # gain[b][n]: expected accepted draft tokens with the n best nodes
+        for b, p in enumerate(pools):
+            for i in order[b][: self.max_total]:
+                gain[b].append(gain[b][-1] + kappa * math.exp(p[2][i]))
+        L = sum(map(len, ctx)) // len(ctx)
+        best = best_size(gain, self.cost, L, (time.perf_counter() - t0) / self.cost.step_seconds(L))
+        self._pred = [g[best] / kappa for g in gain]
+        return [_draft(p[0], p[1], p[3], set(o[:best])) for p, o in zip(pools, order)]
 
     def _logits(self, h: Tensor) -> Tensor:
         return subset_logits(h, self.rows).float()
@@ -218,7 +266,9 @@ class EagleDrafter:
         tok, q = torch.stack(toks, 1).tolist(), torch.stack(qs, 1)
         return [Draft.chain(tok[b], q[b]) for b in range(B)]
 
-    def _tree(self, h: Tensor) -> list[Draft]:
+    def _tree(self, h: Tensor, pools: bool = False):
+        """EAGLE-2's expansion; the `total` best nodes as Drafts, or (pools=True) every candidate per row as
+        lists (tokens, parents, scores, depths) for `_auto`."""
         B, k, dev = h.shape[0], self.topk, h.device
         base = torch.tensor(self.base, device=dev)
         logp = self._logits(h).log_softmax(-1)
@@ -259,17 +309,38 @@ class EagleDrafter:
             anc = grown
             frontier = n0 + cs.topk(k, -1).indices
         self.cache.rollback(self.base)
+        if pools:
+            return [[tok[b].tolist(), parent[b].tolist(), score[b].tolist(), depth[b].tolist()] for b in range(B)]
         return [self._select(tok[b], parent[b], score[b], depth[b]) for b in range(B)]
 
     def _select(self, tok: Tensor, parent: Tensor, score: Tensor, depth: Tensor) -> Draft:
         """The `total` best-scoring nodes (plus any missing ancestor), in depth order, as a Draft."""
         keep = set(score.topk(min(self.total, score.numel())).indices.tolist())
-        par = parent.tolist()
-        for i in list(keep):
-            while par[i] >= 0 and par[i] not in keep:
-                keep.add(par[i])
-                i = par[i]
-        order = sorted(keep, key=lambda i: (int(depth[i]), -float(score[i])))
-        where = {n: j + 1 for j, n in enumerate(order)}
-        toks = tok.tolist()
-        return Draft([toks[i] for i in order], [where[par[i]] if par[i] >= 0 else 0 for i in order])
+        return _draft(tok.tolist(), parent.tolist(), depth.tolist(), keep)
+
+
+def _draft(toks: list[int], par: list[int], depth: list[int], keep: set[int]) -> Draft:
+    """Nodes `keep` of a candidate pool (plus any missing ancestor), in depth order, as a Draft."""
+    keep = set(keep)
+    for i in list(keep):
+        while par[i] >= 0 and par[i] not in keep:
+            keep.add(par[i])
+            i = par[i]
+    order = sorted(keep, key=lambda i: (depth[i], i))
+    where = {n: j + 1 for j, n in enumerate(order)}
+    return Draft([toks[i] for i in order], [where[par[i]] if par[i] >= 0 else 0 for i in order])
+
+
+def _merge_chain(pool: list[list], chain: list[int], scores: list[float]) -> None:
+    """Insert a chain (root's child first) into a candidate pool [tokens, parents, scores, depths] as a trie:
+    a token already present under the same parent keeps the higher of the two scores."""
+    toks, par, sc, dep = pool
+    node = -1
+    for j, (t, s) in enumerate(zip(chain, scores)):
+        hit = next((i for i in range(len(toks)) if par[i] == node and toks[i] == t), None)
+        if hit is None:
+            toks.append(t), par.append(node), sc.append(s), dep.append(j + 1)
+            hit = len(toks) - 1
+        else:
+            sc[hit] = max(sc[hit], s)
+        node = hit

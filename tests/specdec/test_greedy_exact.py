@@ -37,10 +37,12 @@ def make(kind, lm):
     n = lm.model.cfg.num_layers
     layers = (2, n // 2, n) if kind == "eagle3" else ()  # EAGLE-3: fused low/mid/final hidden states
     head = EagleHead(lm.model.cfg, torch.arange(4096), feature_layers=layers).eval()
+    if kind.endswith("_auto"):  # cost-aware tree size (the default); kappa starts optimistic, so trees are verified
+        return EagleDrafter(head, lm.model, lookup=kind.startswith("eagle_pld"))
     return EagleDrafter(head, lm.model, topk=3, depth=3, total=6, lookup=kind == "eagle_pld")
 
 
-@pytest.mark.parametrize("kind", ["pld", "sps", "eagle", "eagle_pld", "eagle3"])
+@pytest.mark.parametrize("kind", ["pld", "sps", "eagle", "eagle_pld", "eagle3", "eagle_auto", "eagle_pld_auto"])
 def test_batched_greedy_identical(smollm, prompts, reference, kind):
     st = SpecStats()
     out = spec_generate(smollm.model, smollm.tokenizer, make(kind, smollm), prompts, SamplingParams(max_new_tokens=40), stats=st)
