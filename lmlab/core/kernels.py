@@ -26,7 +26,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 COLS = 64  # output columns per packed block: 4 AVX-512 vectors of fp32
-MAX_ROWS = 128  # above this MKL's blocked GEMM is faster (prefill); decoding and verification stay below
+MAX_ROWS = 128  # rows per kernel call; longer prompts are prefilled in pieces of this size (engine.chunked_forward)
 _SOURCE = Path(__file__).parent / "csrc" / "decode_kernels.cpp"
 _EXT = None
 _TRIED = False

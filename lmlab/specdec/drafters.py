@@ -16,24 +16,19 @@ from .verify import Draft
 
 class AdaptiveLength:
     """Draft length gamma that maximises the expected speedup of Leviathan et al. (2023, eq. 1),
-    (1 - a^(g+1)) / ((1 - a) (g c + V(g + 1))), with alpha an EMA of the per-position acceptance, c the
-    measured draft/target cost ratio and V(n) what a pass over n tokens costs in steps: the machine's measured
-    curve at the current context length (`cost.PassCost`) where given, else 1 + beta (n - 1) (decode is
+    (1 - a^(g+1)) / ((1 - a) (g c + 1 + beta g)), with alpha an EMA of the per-position acceptance, c the
+    measured draft/target cost ratio and beta the marginal cost of one more verified token (decode is
     memory-bound, so beta is small but not zero on a CPU). Fixed-gamma decoding is gamma_min == gamma_max."""
 
-    def __init__(self, gamma_max: int = 8, gamma_min: int = 1, alpha: float = 0.6, c: float = 0.0, beta: float = 0.03, ema: float = 0.8,
-                 cost=None):
+    def __init__(self, gamma_max: int = 8, gamma_min: int = 1, alpha: float = 0.6, c: float = 0.0, beta: float = 0.03, ema: float = 0.8):
         self.gmax, self.gmin = gamma_max, gamma_min
-        self.alpha, self.c, self.beta, self.ema, self.cost = alpha, c, beta, ema, cost
+        self.alpha, self.c, self.beta, self.ema = alpha, c, beta, ema
 
-    def gamma(self, context: int | None = None) -> int:
+    def gamma(self) -> int:
         a = min(self.alpha, 0.99)
 
-        def verify(g: int) -> float:
-            return self.cost(g + 1, context) if self.cost is not None and context is not None else 1 + self.beta * g
-
         def gain(g: int) -> float:
-            return (1 - a ** (g + 1)) / (1 - a) / (g * self.c + verify(g))
+            return (1 - a ** (g + 1)) / (1 - a) / (g * self.c + 1 + self.beta * g)
 
         return max(range(self.gmin, self.gmax + 1), key=gain)
 
@@ -57,9 +52,9 @@ class PromptLookup:
 
     name = "pld"
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 2, gamma_max: int = 10, cost=None):
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 2, gamma_max: int = 10):
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
-        self.length = AdaptiveLength(gamma_max=gamma_max, c=0.0, cost=cost)
+        self.length = AdaptiveLength(gamma_max=gamma_max, c=0.0)
         self.max_nodes = gamma_max
 
     def begin(self, prompts: list[list[int]], hidden: Tensor, capacity: int) -> None:
@@ -76,7 +71,7 @@ class PromptLookup:
         return []
 
     def propose(self, ctx: list[list[int]], params: SamplingParams, gen: torch.Generator | None) -> list[Draft]:
-        k = self.length.gamma(sum(map(len, ctx)) // len(ctx))
+        k = self.length.gamma()
         return [Draft.chain(self.lookup(c, k)) for c in ctx]
 
     def update(self, ctx: list[list[int]], drafts: list[Draft], paths: list[list[int]], hidden: Tensor) -> None:
@@ -96,20 +91,20 @@ class DraftModel:
     name = "sps"
 
     def __init__(self, draft: Transformer, gamma_max: int = 8, adaptive: bool = True, gamma: int = 4, vocab: Tensor | None = None,
-                 stream_bf16: bool = True, cost=None):
+                 stream_bf16: bool = True):
         self.model = draft
         if stream_bf16:  # a draft's numbers only steer acceptance: stream its weights as bf16 (half the bytes)
             set_weight_dtype(draft, torch.bfloat16, exact=False)
         self.vocab = vocab  # token subset the draft may propose (FR-Spec style; None: full vocabulary)
         self.rows = None if vocab is None else subset_head(draft.lm_head, vocab)
-        self.length = AdaptiveLength(gamma_max=gamma_max, cost=cost) if adaptive else AdaptiveLength(gamma, gamma)
+        self.length = AdaptiveLength(gamma_max=gamma_max) if adaptive else AdaptiveLength(gamma, gamma)
         self.max_nodes = gamma_max if adaptive else gamma
 
     def begin(self, prompts: list[list[int]], hidden: Tensor, capacity: int) -> None:
         self.cache = self.model.new_cache(len(prompts), capacity)
 
     def propose(self, ctx: list[list[int]], params: SamplingParams, gen: torch.Generator | None) -> list[Draft]:
-        g = self.length.gamma(sum(map(len, ctx)) // len(ctx))
+        g = self.length.gamma()
         dev = self.model.device
         feed = [c[n:] for c, n in zip(ctx, self.cache.lengths)]  # tokens the draft has not seen yet
         T = max(len(f) for f in feed)

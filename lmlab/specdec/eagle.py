@@ -128,30 +128,31 @@ class EagleDrafter:
     Tree: the `topk` best tokens at the root; then `depth - 1` times, expand the `topk` frontier nodes with
     the highest cumulative draft log-probability into `topk` children each. Each expansion re-runs the head over
     all expanded nodes of this round with an ancestor mask (one layer, a few dozen tokens), so the cache only
-    ever holds committed context. Which candidates reach the target: with `total` (EAGLE-2) the `total` best
-    nodes; by default (total=None) as many as pay for themselves on this machine (`_auto`): a CPU pass over n
-    tokens costs more than a step past a few tokens, and how much more depends on the context length, so a
-    fixed tree is either too small on short contexts or too large on long ones (measured: fixed 2/3/3 trees were
-    best on the reference machine before its kernels ran on both cores; EAGLE-2's own 10/6/60 suits a GPU).
+    ever holds committed context. Which candidates reach the target: the `total` best nodes (EAGLE-2), or with
+    total=None as many as pay for themselves on this machine (`_auto`: calibrated draft confidence against the
+    target's measured pass cost, `cost.PassCost`). The CPU default is small (2/3/3): on the 2-core reference
+    machine a pass over n tokens costs 1.00 steps at n = 4 and 1.14 at n = 8, each head level ~0.05 steps, and
+    the head's extra nodes are rarely accepted, so cost-aware sizing measured the same speed as 2/3/3 (1.05x
+    on 13 dev prompts) while deeper trees lost (0.93-1.00x); on a GPU, where the pass cost stays near 1 up to
+    dozens of tokens, EAGLE-2's own 10/6/60 or total=None is the better setting.
     """
 
     name = "eagle"
 
-    def __init__(self, head: EagleHead, target: Transformer, topk: int = 3, depth: int = 4, total: int | None = None, chain: int = 4,
+    def __init__(self, head: EagleHead, target: Transformer, topk: int = 2, depth: int = 3, total: int | None = 3, chain: int = 4,
                  stream_bf16: bool = True, lookup: bool = False, max_total: int = 24):
         from .drafters import PromptLookup  # (drafters imports this module)
 
         self.head, self.target = head, target
         self.topk, self.depth, self.total, self.chain = topk, depth, total, chain
-        # lookup: where the context's last n-gram recurs, prompt lookup's continuation joins the tree (cost-aware
-        # trees) or replaces it (fixed `total`); copying beats a weak head on extraction-like text
+        # lookup: where the context's last n-gram recurs, propose what followed it (prompt lookup) instead of the
+        # head's tree; copying beats a weak head on extraction-like text, and skipping the head saves its cost
         # cost-aware trees read this machine's pass-cost curve for the target (measured once per model, ~1-2 s)
         self.cost = pass_cost(target) if total is None else None
-        self.lookup = PromptLookup(cost=self.cost) if lookup else None
-        pool = topk + (depth - 1) * topk * topk
-        self.max_total = min(max_total, pool + (self.lookup.max_nodes if self.lookup else 0))
+        self.lookup = PromptLookup() if lookup else None
+        self.max_total = min(max_total, topk + (depth - 1) * topk * topk)  # at most the whole candidate pool
         look = self.lookup.max_nodes if self.lookup else 0
-        self.max_nodes = max(self.max_total + max(depth, look) if total is None else total + depth, chain, look)  # (+ ancestors tied on score)
+        self.max_nodes = max((self.max_total if total is None else total) + depth, chain, look)  # (+ ancestors tied on score)
         self.kappa = [1.0, 1.0]  # EMAs of (accepted, predicted) draft tokens per row: calibrates draft confidence
         self.feature_layers = tuple(head.feature_layers.tolist())  # what spec_stream passes as `hidden`
         self.vocab = head.vocab.to(target.device)
@@ -169,19 +170,15 @@ class EagleDrafter:
     def update(self, ctx: list[list[int]], drafts: list[Draft], paths: list[list[int]], hidden: Tensor) -> None:
         if self.lookup is not None:
             rows = [b for b, f in enumerate(self._looked) if f]
-            if self.total is None:  # merged trees: score the lookup chain by how much of it the target accepted
-                for b in rows:
-                    got = [drafts[b].tokens[i - 1] for i in paths[b]]
-                    n = next((i for i, (x, y) in enumerate(zip(got, self._chains[b])) if x != y), min(len(got), len(self._chains[b])))
-                    self.lookup.length.observe(n, n + (1 if n < len(self._chains[b]) else 0))
-            else:
-                self.lookup.update([ctx[b] for b in rows], [drafts[b] for b in rows], [paths[b] for b in rows], hidden)
+            self.lookup.update([ctx[b] for b in rows], [drafts[b] for b in rows], [paths[b] for b in rows], hidden)
         if self._pred is not None:
             e = 0.9
             self.kappa = [e * self.kappa[0] + (1 - e) * sum(map(len, paths)) / len(paths), e * self.kappa[1] + (1 - e) * sum(self._pred) / len(paths)]
-        self.cache.rollback(self.base)  # drop this round's draft slots
-        for b, path in enumerate(paths):
-            self.feats[b] = hidden[b, [0] + path]  # real features of the root and the accepted nodes
+        if self._fed:
+            self.cache.rollback(self.base)  # drop this round's draft slots
+        for b, path in enumerate(paths):  # real features of the root and the accepted nodes, after any not yet fed
+            new = hidden[b, [0] + path]
+            self.feats[b] = new if self._fed else torch.cat([self.feats[b], new])
 
     def keep(self, index: Tensor) -> None:
         self.cache.reorder(index)
@@ -204,37 +201,26 @@ class EagleDrafter:
 
     def propose(self, ctx: list[list[int]], params: SamplingParams, gen: torch.Generator | None) -> list[Draft]:
         t0 = time.perf_counter()
+        self._looked, self._pred, self._fed = [False] * len(ctx), None, False
+        found = self.lookup.propose(ctx, params, gen) if self.lookup is not None and params.temperature <= 0 else None
+        if found is not None:
+            self._looked = [len(d) > 0 for d in found]
+            if all(self._looked):  # every row copies: the head need not run this round (it catches up next time)
+                return found
         h = self._commit(ctx)
-        self._looked, self._pred = [False] * len(ctx), None
+        self._fed = True
         if params.temperature > 0:
             return self._chain(h, params, gen)
-        if self.total is None:
-            return self._auto(ctx, h, t0)
-        if self.lookup is None:
-            return self._tree(h)
-        found = self.lookup.propose(ctx, params, gen)
-        self._looked = [len(d) > 0 for d in found]
-        if all(self._looked):
-            return found
-        tree = self._tree(h)
-        return [f if ok else t for f, t, ok in zip(found, tree, self._looked)]
+        tree = self._tree(h) if self.total is not None else self._auto(ctx, h, t0)
+        return tree if found is None else [f if ok else t for f, t, ok in zip(found, tree, self._looked)]
 
     def _auto(self, ctx: list[list[int]], h: Tensor, t0: float) -> list[Draft]:
-        """Cost-aware tree: the EAGLE-2 candidate pool (plus the prompt-lookup chain, where the context's last n-gram
-        recurs), ranked by cumulative draft confidence; keep the N best nodes, with N (shared by the batch, since
-        the pass is padded to the widest row) maximising expected emitted tokens per unit of time,
-            sum_b (1 + kappa * sum_{i <= N} exp(score_b,i)) / (cost(B (N + 1), L) + draft),
-        where cost is this machine's measured pass cost (`cost.PassCost`), draft this round's drafting time in
-        steps and kappa the running ratio of accepted to predicted tokens (the head's confidence calibration)."""
+        """Cost-aware tree: the EAGLE-2 candidate pool ranked by cumulative draft confidence; keep the N best nodes,
+        with N (shared by the batch, since the pass is padded to the widest row) maximising expected emitted tokens
+        per unit of time, sum_b (1 + kappa * sum_{i <= N} exp(score_b,i)) / (cost(B (N + 1), L) + draft), where
+        cost is this machine's measured pass cost (`cost.PassCost`), draft this round's drafting time in steps and
+        kappa the running ratio of accepted to predicted tokens (the head's confidence calibration)."""
         pools = self._tree(h, pools=True)
-        self._chains = [[] for _ in ctx]
-        if self.lookup is not None:
-            a = min(self.lookup.length.alpha, 0.95)
-            for b, c in enumerate(ctx):
-                chain = self.lookup.lookup(c, self.lookup.length.gmax)
-                if chain:
-                    self._looked[b], self._chains[b] = True, chain
-                    _merge_chain(pools[b], chain, [math.log(a) * (j + 1) for j in range(len(chain))])
         order = [sorted(range(len(p[0])), key=lambda i, p=p: -p[2][i]) for p in pools]
         kappa = self.kappa[0] / max(self.kappa[1], 1e-6)
         gain = [[0.0] for _ in pools]  # gain[b][n]: expected accepted draft tokens with the n best nodes
@@ -330,17 +316,3 @@ def _draft(toks: list[int], par: list[int], depth: list[int], keep: set[int]) ->
     where = {n: j + 1 for j, n in enumerate(order)}
     return Draft([toks[i] for i in order], [where[par[i]] if par[i] >= 0 else 0 for i in order])
 
-
-def _merge_chain(pool: list[list], chain: list[int], scores: list[float]) -> None:
-    """Insert a chain (root's child first) into a candidate pool [tokens, parents, scores, depths] as a trie:
-    a token already present under the same parent keeps the higher of the two scores."""
-    toks, par, sc, dep = pool
-    node = -1
-    for j, (t, s) in enumerate(zip(chain, scores)):
-        hit = next((i for i in range(len(toks)) if par[i] == node and toks[i] == t), None)
-        if hit is None:
-            toks.append(t), par.append(node), sc.append(s), dep.append(j + 1)
-            hit = len(toks) - 1
-        else:
-            sc[hit] = max(sc[hit], s)
-        node = hit

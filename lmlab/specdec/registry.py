@@ -9,7 +9,6 @@ from ..core import loader
 from ..core.errors import LmlabError
 from ..core.loader import LoadedModel
 from ..core.paths import cache_dir
-from .cost import pass_cost
 from .drafters import DraftModel, PromptLookup
 from .eagle import EagleDrafter, load_head
 from .train import DraftTrainConfig, _target_id
@@ -92,15 +91,14 @@ def draft_vocab_of(path: Path):
 
 def make_drafter(lm: LoadedModel, method: str, draft: str | None = None, head: str | None = None, **kw):
     """A drafter for target `lm`: 'pld', 'sps' (draft LM: `draft` alias/path or the cached one) or
-    'eagle' (head folder `head` or the cached one), 'eagle_pld' (eagle, with the prompt-lookup continuation in
-    its tree where the context's last n-gram recurs). Draft lengths and tree sizes follow the target's pass-cost
-    curve on this machine (`cost.pass_cost`, measured once per model)."""
+    'eagle' (head folder `head` or the cached one), 'eagle_pld' (eagle, but prompt lookup where the context's
+    last n-gram recurs)."""
     if method == "pld":
-        return PromptLookup(cost=pass_cost(lm.model), **kw)
+        return PromptLookup(**kw)
     if method == "sps":
         d = load_draft(lm, draft)
         vocab = draft_vocab_of(d.path)
-        return DraftModel(d.model, vocab=None if vocab is None else vocab.to(lm.model.device), cost=pass_cost(lm.model), **kw)
+        return DraftModel(d.model, vocab=None if vocab is None else vocab.to(lm.model.device), **kw)
     if method in ("eagle", "eagle_pld"):
         kw.setdefault("lookup", method == "eagle_pld")
         p = Path(head) if head else find_trained(lm, "eagle")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.engine import SamplingParams, encode_chat, generate
+from ..core.engine import SamplingParams, chunked_forward, encode_chat, generate
 from ..core.errors import LmlabError
 from ..core.loader import LoadedModel, save_checkpoint
 from ..core.model import Transformer
@@ -160,8 +160,7 @@ def build_corpus(lm: LoadedModel, cfg: DraftTrainConfig, batch: int = 16) -> lis
 
 @torch.inference_mode()
 def _features(m: Transformer, ids: list[int], topk: int) -> dict[str, Tensor]:
-    cache = m.new_cache(1, len(ids))
-    out = m(torch.tensor([ids], device=m.device), cache, logits="none")
+    out = chunked_forward(m, torch.tensor([ids], device=m.device), m.new_cache(1, len(ids)), logits="none")
     h = out.last_hidden[0]
     val, idx = m.lm_head(h).float().topk(topk, -1)
     return {"ids": torch.tensor(ids), "feat": h.float().cpu(), "top_idx": idx.int().cpu(), "top_val": val.cpu()}
@@ -180,7 +179,7 @@ def add_layer_features(lm: LoadedModel, cfg: DraftTrainConfig, seqs: list[dict[s
             if i % 64 == 0:
                 log.warning("specdec corpus: hidden states %s, sequence %d of %d", list(cfg.feature_layers), i, len(seqs))
             ids = s["ids"].tolist()
-            out = m(torch.tensor([ids], device=m.device), m.new_cache(1, len(ids)), logits="none", output_hidden_states=True)
+            out = chunked_forward(m, torch.tensor([ids], device=m.device), m.new_cache(1, len(ids)), logits="none", output_hidden_states=True)
             feats.append(target_features(out, cfg.feature_layers)[0].float().cpu())
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         torch.save(feats, tmp)

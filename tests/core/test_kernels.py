@@ -114,3 +114,24 @@ def test_rms_norm_matches_torch():
     x, w = torch.randn(7, 100), torch.randn(100)
     assert torch.allclose(kernels.rms_norm(x, w, 1e-5), F.rms_norm(x, (100,), w, 1e-5), atol=1e-5)
     assert torch.equal(kernels.rms_norm(x[3:4], w, 1e-5), kernels.rms_norm(x, w, 1e-5)[3:4])
+
+
+def test_chunked_prefill_equals_stepwise_decoding_bit_for_bit(monkeypatch):
+    """A long prompt is prefilled in kernel-sized pieces; the pieces leave exactly the cache and logits that
+    decoding the prompt token by token would (so prefill and decode can never disagree)."""
+    from lmlab.core.engine import chunked_forward
+
+    monkeypatch.setattr(kernels, "MAX_ROWS", 8)  # 30 tokens -> pieces of 8, 8, 8, 6
+    m = tiny_model()
+    ids = torch.randint(0, 300, (1, 30))
+    calls = []
+    monkeypatch.setattr(m, "forward", lambda *a, _f=m.forward, **k: calls.append(a[0].shape[1]) or _f(*a, **k))
+    with torch.inference_mode():
+        c1 = m.new_cache(1, 32)
+        out = chunked_forward(m, ids, c1, logits="all", output_hidden_states=True)
+        assert calls == [8, 8, 8, 6]
+        c2 = m.new_cache(1, 32)
+        steps = torch.cat([m(ids[:, i:i + 1], c2, logits="all").logits for i in range(30)], 1)
+    assert torch.equal(out.logits, steps)
+    assert all(torch.equal(a[:, :, :30], b[:, :, :30]) for a, b in zip(c1.k + c1.v, c2.k + c2.v))
+    assert out.last_hidden.shape == (1, 30, 64) and len(out.hidden_states) == 4 and out.hidden_states[0].shape == (1, 30, 64)

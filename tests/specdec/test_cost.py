@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lmlab.specdec.cost import PassCost, best_size
-from lmlab.specdec.eagle import _draft, _merge_chain
+from lmlab.specdec.eagle import _draft
 
 
 def test_pass_cost_is_measured_monotone_and_interpolated(make_tiny, one_thread):
@@ -34,14 +34,10 @@ def test_best_size_follows_the_cost_curve():
     assert best_size([[0.0]], flat, 100, 0.0) == 0  # nothing to verify
 
 
-def test_merged_lookup_chain_is_a_trie():
-    # pool: root children 5 (score -0.1) and 6 (-0.5); 5 has child 7 (-0.3)
-    pool = [[5, 6, 7], [-1, -1, 0], [-0.1, -0.5, -0.3], [1, 1, 2]]
-    _merge_chain(pool, [5, 8, 9], [-0.2, -0.4, -0.6])
-    toks, par, sc, dep = pool
-    assert toks == [5, 6, 7, 8, 9] and par == [-1, -1, 0, 0, 3] and dep == [1, 1, 2, 2, 3]
-    assert sc[0] == -0.1  # the shared first token keeps the higher score
-    d = _draft(toks, par, dep, {4})  # a deep node brings its ancestors along, parents before children
-    assert d.tokens == [5, 8, 9] and d.parents == [0, 1, 2]
-    d = _draft(toks, par, dep, {0, 1, 2, 3})
-    assert sorted(d.tokens) == [5, 6, 7, 8] and all(p < i + 1 for i, p in enumerate(d.parents))
+def test_draft_from_pool_keeps_ancestors_in_depth_order():
+    # pool: root children 5 and 6; 5 has child 7, which has child 9
+    toks, par, dep = [5, 6, 7, 9], [-1, -1, 0, 2], [1, 1, 2, 3]
+    d = _draft(toks, par, dep, {3})  # a deep node brings its ancestors along, parents before children
+    assert d.tokens == [5, 7, 9] and d.parents == [0, 1, 2]
+    d = _draft(toks, par, dep, {0, 1, 2})
+    assert d.tokens == [5, 6, 7] and d.parents == [0, 0, 1]

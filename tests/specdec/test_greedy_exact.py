@@ -38,7 +38,7 @@ def make(kind, lm):
     layers = (2, n // 2, n) if kind == "eagle3" else ()  # EAGLE-3: fused low/mid/final hidden states
     head = EagleHead(lm.model.cfg, torch.arange(4096), feature_layers=layers).eval()
     if kind.endswith("_auto"):  # cost-aware tree size (the default); kappa starts optimistic, so trees are verified
-        return EagleDrafter(head, lm.model, lookup=kind.startswith("eagle_pld"))
+        return EagleDrafter(head, lm.model, topk=3, depth=3, total=None, lookup=kind.startswith("eagle_pld"))
     return EagleDrafter(head, lm.model, topk=3, depth=3, total=6, lookup=kind == "eagle_pld")
 
 
