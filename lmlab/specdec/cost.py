@@ -1,9 +1,9 @@
 """What a target verification pass over n tokens costs on this machine, in units of a 1-token decoding step.
 
 Leviathan et al.'s formula assumes a k-token pass costs one step; on a GPU that holds up to dozens of tokens, on
-a CPU it does not (on the 2-core reference machine with lmlab's kernels: 1.00 at 4 tokens, 1.14 at 8, 1.43 at
-16 with a 100-token context, and 1.07 / 1.36 / 1.82 at 1,000 tokens, where attention over the context is compute
-once per draft token). A draft tree should therefore be as large as its expected extra accepted tokens pay for
+a CPU it does not (on the 2-core reference machine with lmlab's kernels: 1.01 at 4 tokens, 1.14 at 8, 1.39 at
+16 with a 100-token context, and 1.05 / 1.28 / 1.73 at 1,000 tokens, where attention over the context is compute
+once per draft token; benchmarks/specdec_pass_cost.py). A draft tree should therefore be as large as its expected extra accepted tokens pay for
 on *this* hardware (Sequoia, Chen et al. 2024, sizes trees the same way). `PassCost` measures the curve once
 per model and context bucket, on a throwaway cache, so every tree decision reads a measured number.
 """

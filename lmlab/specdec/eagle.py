@@ -131,7 +131,7 @@ class EagleDrafter:
     ever holds committed context. Which candidates reach the target: the `total` best nodes (EAGLE-2), or with
     total=None as many as pay for themselves on this machine (`_auto`: calibrated draft confidence against the
     target's measured pass cost, `cost.PassCost`). The CPU default is small (2/3/3): on the 2-core reference
-    machine a pass over n tokens costs 1.00 steps at n = 4 and 1.14 at n = 8, each head level ~0.05 steps, and
+    machine a pass over n tokens costs 1.01 steps at n = 4 and 1.14 at n = 8, each head level ~0.05 steps, and
     the head's extra nodes are rarely accepted, so cost-aware sizing measured the same speed as 2/3/3 (1.05x
     on 13 dev prompts) while deeper trees lost (0.93-1.00x); on a GPU, where the pass cost stays near 1 up to
     dozens of tokens, EAGLE-2's own 10/6/60 or total=None is the better setting.
