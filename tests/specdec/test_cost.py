@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from lmlab.specdec.cost import PassCost, best_size
 from lmlab.specdec.eagle import _draft
 
