@@ -44,7 +44,7 @@ def generate(
     stop: list[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16"),
-    speculative: Optional[str] = typer.Option(None, "--speculative", help="sps | pld | eagle | eagle_pld (lossless speculative decoding)."),
+    speculative: Optional[str] = typer.Option(None, "--speculative", help="sps | pld | eagle | eagle_pld | selfq4 (lossless speculative decoding)."),
     quant: Optional[str] = typer.Option(None, "--quant", help="int8: weight-only int8 projections (faster decode, not bit-exact); bf16: weight-only bf16, fp32 activations."),
 ) -> None:
     """Generate a completion and stream it to stdout."""

@@ -115,3 +115,45 @@ def packed_linear(x: Tensor, packed: Tensor, n: int, bias: Tensor | None) -> Ten
     shape = x.shape
     y = _EXT.packed_linear(x.reshape(-1, shape[-1]).contiguous(), packed, n, bias)
     return y.view(*shape[:-1], n)
+
+
+Q4 = "q4"  # `Linear.pack_dtype` value for 4-bit group-quantized weights (drafts only: not the model's own numbers)
+
+
+def pack_q4(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """[N, K] -> 4-bit codes and fp16 scales/offsets per 32 inputs (GGUF's Q4_1 scheme: w ~ d q + m, q in 0..15,
+    d = (max - min) / 15, m = min), packed for `packed_linear_q4`: q [ceil(N/64), K, 32] uint8, dm [ceil(N/64),
+    K/32, 2, 64] fp16. A Q4_1-sourced checkpoint (the embedded SmolLM2) round-trips to its own codes."""
+    n, k = weight.shape
+    if k % 32:
+        raise ValueError(f"4-bit packing needs an input size divisible by 32, got {k}")
+    blocks = (n + COLS - 1) // COLS
+    w = weight.detach().float()
+    if blocks * COLS != n:
+        w = torch.cat([w, w.new_zeros(blocks * COLS - n, k)])
+    g = w.view(blocks * COLS, k // 32, 32)
+    lo, hi = g.amin(-1), g.amax(-1)
+    d = ((hi - lo) / 15).half()
+    m = lo.half()
+    df = d.float().clamp_min(torch.finfo(torch.float16).tiny)
+    q = ((g - m.float()[..., None]) / df[..., None]).round().clamp(0, 15).to(torch.uint8).view(blocks, COLS, k)
+    q = q.transpose(1, 2)  # [blocks, K, 64]
+    codes = torch.cat([q[..., 0:16] | (q[..., 16:32] << 4), q[..., 32:48] | (q[..., 48:64] << 4)], -1).contiguous()
+    dm = torch.stack([d.view(blocks, COLS, k // 32), m.view(blocks, COLS, k // 32)], 2).permute(0, 3, 2, 1).contiguous()
+    return codes, dm
+
+
+def dequant_q4(codes: Tensor, dm: Tensor, n: int) -> Tensor:
+    """The [n, K] weights a `pack_q4` result stands for (tests and agreement checks)."""
+    blocks, k, _ = codes.shape
+    q = torch.cat([codes[..., :16] & 15, codes[..., :16] >> 4, codes[..., 16:] & 15, codes[..., 16:] >> 4], -1).float()  # [blocks, K, 64]
+    d, m = dm[:, :, 0].float(), dm[:, :, 1].float()  # [blocks, K/32, 64]
+    w = q * d.repeat_interleave(32, 1) + m.repeat_interleave(32, 1)
+    return w.transpose(1, 2).reshape(blocks * COLS, k)[:n]
+
+
+def packed_linear_q4(x: Tensor, packed: tuple[Tensor, Tensor], n: int, bias: Tensor | None) -> Tensor:
+    """x [..., K] fp32 -> [..., n] through the 4-bit kernel (callers check `enabled()` and the row limit)."""
+    shape = x.shape
+    y = _EXT.packed_linear_q4(x.reshape(-1, shape[-1]).contiguous(), packed[0], packed[1], n, bias)
+    return y.view(*shape[:-1], n)

@@ -111,20 +111,23 @@ class Linear(nn.Linear):
     Used for fp32 activations, no autograd and at most `kernels.MAX_ROWS` rows; otherwise plain F.linear. The
     packed copy is made on first use and remade whenever the weight changes (its version counter moves), so
     training and then decoding stays correct. `pack_dtype = torch.bfloat16` streams bf16 weights (weight-only
-    bf16, set by `Transformer.set_weight_dtype`).
+    bf16, set by `Transformer.set_weight_dtype`); `kernels.Q4` streams 4-bit group-quantized ones (drafts only).
     """
 
     pack_dtype: torch.dtype = torch.float32
     _pack_key: tuple | None = None
 
-    def _packed(self) -> Tensor:
+    def _packed(self):
         key = (self.weight.data_ptr(), self.weight._version, self.pack_dtype)
         if self._pack_key != key:
-            self._pack, self._pack_key = kernels.pack(self.weight, self.pack_dtype), key
+            pack = kernels.pack_q4(self.weight) if self.pack_dtype == kernels.Q4 else kernels.pack(self.weight, self.pack_dtype)
+            self._pack, self._pack_key = pack, key
         return self._pack
 
     def forward(self, x: Tensor) -> Tensor:
         if kernels.usable(x, x.numel() // x.shape[-1], self.weight):
+            if self.pack_dtype == kernels.Q4:
+                return kernels.packed_linear_q4(x, self._packed(), self.out_features, self.bias)
             return kernels.packed_linear(x, self._packed(), self.out_features, self.bias)
         return F.linear(x, self.weight, self.bias)
 

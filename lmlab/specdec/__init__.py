@@ -1,6 +1,7 @@
 """Speculative decoding (Spec-Bench survey, arXiv:2401.07851): draft cheaply, verify in one target pass,
-never change the output. Methods: draft-model speculative sampling (`sps`), prompt lookup (`pld`) and an
-EAGLE-style feature head with EAGLE-2 dynamic trees (`eagle`); all batched and lossless.
+never change the output. Methods: draft-model speculative sampling (`sps`), prompt lookup (`pld`), an
+EAGLE-style feature head with EAGLE-2 dynamic trees (`eagle`, `eagle_pld` with prompt lookup) and the target's
+own weights quantized to 4 bits as its draft (`selfq4`); all batched and lossless.
 
     from lmlab.specdec import make_drafter, spec_generate
     drafter = make_drafter(lm, "eagle")

@@ -23,7 +23,7 @@ from ..core.paths import atomic_write_text, shared_data
 from .decode import SpecStats, spec_generate
 from .registry import find_trained, make_drafter
 
-METHODS = ("ar", "sps", "pld", "eagle", "eagle_pld", "hf_assisted", "hf_prompt_lookup")
+METHODS = ("ar", "sps", "pld", "eagle", "eagle_pld", "selfq4", "hf_assisted", "hf_prompt_lookup")
 
 
 def load_questions(path: Path | None, limit_per_category: int | None, categories: tuple[str, ...] = ()) -> list[dict[str, Any]]:
@@ -92,7 +92,7 @@ def run_bench(target: str = "smollm2-135m-instruct", prompts: Path | None = None
         raise LmlabError(f"--methods {','.join(methods)}: must include 'ar' and only {', '.join(METHODS)}")
     lm = load_model(target, dtype=dtype)  # every method, transformers' included, runs in this dtype
     qs = load_questions(prompts, limit_per_category, categories)
-    drafters = {m: make_drafter(lm, m) for m in ("sps", "pld", "eagle", "eagle_pld") if m in methods}
+    drafters = {m: make_drafter(lm, m) for m in ("sps", "pld", "eagle", "eagle_pld", "selfq4") if m in methods}
     hf = _HF(lm, find_trained(lm, "draft") if "hf_assisted" in methods else None) if any(m.startswith("hf_") for m in methods) else None
     params = SamplingParams(max_new_tokens=max_new_tokens)
     cfg = {"target": str(lm.path), "prompts": str(prompts or "spec_bench"), "limit": limit_per_category, "categories": list(categories), "max_new": max_new_tokens,

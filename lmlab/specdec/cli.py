@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
         limit_per_category: int = typer.Option(2, "--limit-per-category", help="First N questions of each category (0: all)."),
         max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
         target: str = typer.Option("smollm2-135m-instruct", "--target", "-m"),
-        methods: str = typer.Option(",".join(("ar", "sps", "pld", "eagle", "eagle_pld", "hf_assisted", "hf_prompt_lookup")), "--methods"),
+        methods: str = typer.Option(",".join(("ar", "sps", "pld", "eagle", "eagle_pld", "selfq4", "hf_assisted", "hf_prompt_lookup")), "--methods"),
         json_path: Optional[Path] = typer.Option(None, "--json", help="Write the summary JSON here (rows go to PATH.rows.jsonl)."),
         categories: str = typer.Option("", "--categories", help="Comma-separated subset of categories (default: all)."),
         dtype: str = typer.Option("float32", "--dtype", help="Target dtype for every method. bf16 is faster but not token-identical on CPU (see RESULTS.md)."),

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from ..core.engine import SamplingParams, probs_from_logits
-from ..core.model import Transformer, set_weight_dtype
+from ..core import kernels
+from ..core.model import Linear, Transformer, set_weight_dtype
 from .eagle import subset_head, subset_logits
 from .verify import Draft
 
@@ -151,3 +152,21 @@ class DraftModel:
 
     def keep(self, index: Tensor) -> None:
         self.cache.reorder(index)
+
+
+def quantized_self_draft(target: Transformer) -> Transformer:
+    """The target itself as its draft, with every projection streamed as 4-bit group-quantized weights (GGUF's Q4_1
+    scheme, `kernels.pack_q4`) and the LM head as bf16: no training, the target's tokenizer by construction, and no
+    second copy of the weights (the draft shares the target's tensors; only its packed copies are new, ~0.6 byte
+    per weight). Its numbers differ from the target's (quantization, summation order), so it only proposes; the
+    target verifies. Where the checkpoint itself came from a Q4_1 file (the embedded SmolLM2) the codes are the
+    file's own and the draft disagrees only where rounding flips a near-tie."""
+    with torch.device("meta"):
+        draft = Transformer(target.cfg)
+    draft.load_state_dict(target.state_dict(), assign=True)
+    draft.reset_rope()
+    for m in draft.layers.modules():
+        if isinstance(m, Linear):
+            m.pack_dtype = kernels.Q4
+    draft.lm_head.pack_dtype = torch.bfloat16
+    return draft.eval()

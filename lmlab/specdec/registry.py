@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
+
 from ..core import loader
 from ..core.errors import LmlabError
 from ..core.loader import LoadedModel
 from ..core.paths import cache_dir
-from .drafters import DraftModel, PromptLookup
+from .drafters import DraftModel, PromptLookup, quantized_self_draft
 from .eagle import EagleDrafter, load_head
 from .train import DraftTrainConfig, _target_id
 
-METHODS = ("sps", "pld", "eagle", "eagle_pld")
+METHODS = ("sps", "pld", "eagle", "eagle_pld", "selfq4")
 DRAFT_ALIAS = "smollm2-135m-instruct-draft"
 
 
@@ -92,13 +94,23 @@ def draft_vocab_of(path: Path):
 def make_drafter(lm: LoadedModel, method: str, draft: str | None = None, head: str | None = None, **kw):
     """A drafter for target `lm`: 'pld', 'sps' (draft LM: `draft` alias/path or the cached one) or
     'eagle' (head folder `head` or the cached one), 'eagle_pld' (eagle, but prompt lookup where the context's
-    last n-gram recurs)."""
+    last n-gram recurs), 'selfq4' (the target's own weights quantized to 4 bits as the draft: no training)."""
     if method == "pld":
         return PromptLookup(**kw)
     if method == "sps":
         d = load_draft(lm, draft)
         vocab = draft_vocab_of(d.path)
         return DraftModel(d.model, vocab=None if vocab is None else vocab.to(lm.model.device), **kw)
+    if method == "selfq4":
+        from ..core import kernels
+
+        m = lm.model
+        if not (kernels.enabled() and m.device.type == "cpu" and m.dtype == torch.float32 and m.cfg.hidden_size % 32 == 0
+                and m.cfg.intermediate_size % 32 == 0):
+            raise LmlabError("--speculative selfq4 needs lmlab's CPU kernels (AVX-512), an fp32 target and layer widths divisible by 32",
+                             hint="use sps, pld, eagle or eagle_pld here")
+        kw.setdefault("gamma_max", 12)  # the draft agrees with the target almost always: long drafts pay
+        return DraftModel(quantized_self_draft(m), vocab=None, stream_bf16=False, **kw)
     if method in ("eagle", "eagle_pld"):
         kw.setdefault("lookup", method == "eagle_pld")
         p = Path(head) if head else find_trained(lm, "eagle")

@@ -12,7 +12,7 @@ from .registry import find_trained, trained_path
 from .train import DraftTrainConfig, train_draft_lm, train_eagle_head
 
 QUICK_CATEGORIES = ("writing", "coding", "math_reasoning", "translation", "summarization", "rag")
-OURS = ("sps", "pld", "eagle", "eagle_pld")
+OURS = ("sps", "pld", "eagle", "eagle_pld", "selfq4")
 
 
 def run(ctx: ReproduceContext) -> Section:

@@ -135,3 +135,21 @@ def test_chunked_prefill_equals_stepwise_decoding_bit_for_bit(monkeypatch):
     assert torch.equal(out.logits, steps)
     assert all(torch.equal(a[:, :, :30], b[:, :, :30]) for a, b in zip(c1.k + c1.v, c2.k + c2.v))
     assert out.last_hidden.shape == (1, 30, 64) and len(out.hidden_states) == 4 and out.hidden_states[0].shape == (1, 30, 64)
+
+
+@pytest.mark.parametrize("n,k", [(960, 576), (131, 64), (5, 1536)])
+def test_q4_packing_round_trips_and_kernel_matches_its_weights(n, k):
+    """4-bit drafts: packing dequantized Q4_1-style weights gives back the same codes (a GGUF Q4_1 checkpoint keeps
+    its own codes), and the kernel computes x . W^T for exactly the weights the codes stand for."""
+    g = torch.Generator().manual_seed(n)
+    w, x = torch.randn(n, k, generator=g), torch.randn(6, k, generator=g)
+    codes, dm = kernels.pack_q4(w)
+    wq = kernels.dequant_q4(codes, dm, n)
+    assert 0.05 < ((wq - w).norm() / w.norm()).item() < 0.1  # a real 4-bit approximation, not a copy
+    c2, d2 = kernels.pack_q4(wq)
+    assert torch.equal(c2, codes) and torch.equal(d2, dm)
+    y = kernels.packed_linear_q4(x, (codes, dm), n, None)
+    ref = x.double() @ wq.double().T
+    assert torch.allclose(y.double(), ref, atol=1e-4 * k ** 0.5, rtol=0)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        kernels.pack_q4(torch.randn(4, 40))

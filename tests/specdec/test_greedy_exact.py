@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmlab.core.engine import SamplingParams, encode_chat, generate, stream_generate
-from lmlab.specdec import DraftModel, PromptLookup, SpecStats, spec_generate, spec_stream
+from lmlab.specdec import DraftModel, PromptLookup, SpecStats, make_drafter, spec_generate, spec_stream
 from lmlab.specdec.eagle import EagleDrafter, EagleHead
 from lmlab.specdec.train import init_draft_lm
 from lmlab.specdec.verify import Draft
@@ -31,6 +31,8 @@ def reference(smollm, prompts):
 def make(kind, lm):
     if kind == "pld":
         return PromptLookup()
+    if kind == "selfq4":  # the target's own 4-bit weights: long accepted runs, rare rejections
+        return make_drafter(lm, "selfq4")
     if kind == "sps":  # an untrained 2-layer draft: poor proposals exercise rejections everywhere
         return DraftModel(init_draft_lm(lm.model, (0, -1)).eval(), vocab=torch.arange(4096))
     torch.manual_seed(0)
@@ -42,7 +44,7 @@ def make(kind, lm):
     return EagleDrafter(head, lm.model, topk=3, depth=3, total=6, lookup=kind == "eagle_pld")
 
 
-@pytest.mark.parametrize("kind", ["pld", "sps", "eagle", "eagle_pld", "eagle3", "eagle_auto", "eagle_pld_auto"])
+@pytest.mark.parametrize("kind", ["pld", "sps", "eagle", "eagle_pld", "eagle3", "eagle_auto", "eagle_pld_auto", "selfq4"])
 def test_batched_greedy_identical(smollm, prompts, reference, kind):
     st = SpecStats()
     out = spec_generate(smollm.model, smollm.tokenizer, make(kind, smollm), prompts, SamplingParams(max_new_tokens=40), stats=st)

@@ -211,8 +211,104 @@ torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& wp, int
   return y;
 }
 
+// 4-bit group-quantized weights (the Q4_1 layout of GGUF: per 32 inputs a scale d and an offset m, w = d q + m,
+// q in 0..15), for drafts only: a quantized copy of a target is a draft that needs no training. Packed as
+// q [ceil(N/64), K, 32] bytes (byte j < 16: column j in the low nibble, column j + 16 in the high one; byte 16 + j:
+// columns 32 + j and 48 + j) and dm [ceil(N/64), K/32, 2, 64] fp16. y = sum_g d_g (x_g . q_g) + m_g sum(x_g).
+template <int MB>
+inline void tile_q4(const float* x, int64_t ldx, const uint8_t* q, const at::Half* dm, const float* xs, int64_t K, const float* bias,
+                    float* y, int64_t ldy, int64_t ncols) {
+  const int64_t G = K / 32;
+  __m512 tot[MB][4];
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < 4; ++j) tot[i][j] = _mm512_setzero_ps();
+  const __m128i lo4 = _mm_set1_epi8(0x0F);
+  for (int64_t g = 0; g < G; ++g) {
+    __m512 acc[MB][4];
+    for (int i = 0; i < MB; ++i)
+      for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+    for (int64_t k = g * 32; k < g * 32 + 32; ++k) {
+      const uint8_t* r = q + k * 32;
+      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r));
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r + 16));
+      const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(a, lo4)));
+      const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(a, 4), lo4)));
+      const __m512 w2 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, lo4)));
+      const __m512 w3 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), lo4)));
+      for (int i = 0; i < MB; ++i) {
+        const __m512 xb = _mm512_set1_ps(x[i * ldx + k]);
+        acc[i][0] = _mm512_fmadd_ps(xb, w0, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(xb, w1, acc[i][1]);
+        acc[i][2] = _mm512_fmadd_ps(xb, w2, acc[i][2]);
+        acc[i][3] = _mm512_fmadd_ps(xb, w3, acc[i][3]);
+      }
+    }
+    const at::Half* s = dm + g * 128;
+    for (int j = 0; j < 4; ++j) {
+      const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 16 * j)));
+      const __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 64 + 16 * j)));
+      for (int i = 0; i < MB; ++i)
+        tot[i][j] = _mm512_fmadd_ps(d, acc[i][j], _mm512_fmadd_ps(m, _mm512_set1_ps(xs[i * G + g]), tot[i][j]));
+    }
+  }
+  for (int j = 0; j < 4; ++j) {
+    const int64_t left = ncols - 16 * j;
+    if (left <= 0) break;
+    const __mmask16 mk = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+    const __m512 bv = bias ? _mm512_maskz_loadu_ps(mk, bias + 16 * j) : _mm512_setzero_ps();
+    for (int i = 0; i < MB; ++i) _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk, bias ? _mm512_add_ps(tot[i][j], bv) : tot[i][j]);
+  }
+}
+
+// x: fp32 [M, K] contiguous, K % 32 == 0; q: uint8 [ceil(N/64), K, 32]; dm: fp16 [ceil(N/64), K/32, 2, 64].
+torch::Tensor packed_linear_q4(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& dm, int64_t N,
+                               const c10::optional<torch::Tensor>& b) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous fp32 [M, K]");
+  const int64_t M = x.size(0), K = x.size(1), G = K / 32;
+  TORCH_CHECK(K % 32 == 0 && q.scalar_type() == at::kByte && q.is_contiguous() && q.dim() == 3 && q.size(1) == K && q.size(2) == 32 &&
+              q.size(0) * COLS >= N, "q: packed uint8 [ceil(N/64), K, 32], K % 32 == 0");
+  TORCH_CHECK(dm.scalar_type() == at::kHalf && dm.is_contiguous() && dm.numel() == q.size(0) * G * 128, "dm: fp16 [ceil(N/64), K/32, 2, 64]");
+  const float* bias = nullptr;
+  if (b.has_value() && b->defined()) {
+    TORCH_CHECK(b->scalar_type() == at::kFloat && b->is_contiguous() && b->numel() == N, "bias: fp32 [N]");
+    bias = b->data_ptr<float>();
+  }
+  auto y = torch::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  std::vector<float> xs(M * G);  // per row and group: sum of the inputs (the offsets' share)
+  const float* xp = x.data_ptr<float>();
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t g = 0; g < G; ++g) {
+      float t = 0.f;
+      for (int64_t k = 0; k < 32; ++k) t += xp[i * K + g * 32 + k];
+      xs[i * G + g] = t;
+    }
+  const uint8_t* qp = q.data_ptr<uint8_t>();
+  const at::Half* dp = dm.data_ptr<at::Half>();
+  float* yp = y.data_ptr<float>();
+  const int64_t blocks = (N + COLS - 1) / COLS;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bl = b0; bl < b1; ++bl) {
+      const int64_t n = bl * COLS, ncols = std::min(COLS, N - n);
+      const uint8_t* qb = qp + bl * K * 32;
+      const at::Half* db = dp + bl * G * 128;
+      const float* bb = bias ? bias + n : nullptr;
+      int64_t i = 0;
+      for (; i + 4 <= M; i += 4) tile_q4<4>(xp + i * K, K, qb, db, xs.data() + i * G, K, bb, yp + i * N + n, N, ncols);
+      switch (M - i) {
+        case 3: tile_q4<3>(xp + i * K, K, qb, db, xs.data() + i * G, K, bb, yp + i * N + n, N, ncols); break;
+        case 2: tile_q4<2>(xp + i * K, K, qb, db, xs.data() + i * G, K, bb, yp + i * N + n, N, ncols); break;
+        case 1: tile_q4<1>(xp + i * K, K, qb, db, xs.data() + i * G, K, bb, yp + i * N + n, N, ncols); break;
+        default: break;
+      }
+    }
+  });
+  return y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_linear", &packed_linear, "batch-invariant small-M linear on packed weights");
   m.def("attention", &attention, "batch-invariant attention over visible cached keys");
   m.def("rms_norm", &rms_norm, "fused RMSNorm over rows");
+  m.def("packed_linear_q4", &packed_linear_q4, "small-M linear on 4-bit group-quantized packed weights (drafts)");
 }
