@@ -117,7 +117,8 @@ def packed_linear(x: Tensor, packed: Tensor, n: int, bias: Tensor | None) -> Ten
     return y.view(*shape[:-1], n)
 
 
-Q4 = "q4"  # `Linear.pack_dtype` value for 4-bit group-quantized weights (drafts only: not the model's own numbers)
+Q4 = "q4"  # `Linear.pack_dtype` values for 4- and 8-bit group-quantized weights (drafts only: not the model's own numbers)
+Q8 = "q8"
 
 
 def pack_q4(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -143,6 +144,23 @@ def pack_q4(weight: Tensor) -> tuple[Tensor, Tensor]:
     return codes, dm
 
 
+def pack_q8(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """[N, K] -> int8 codes and fp16 scales per 32 inputs (GGUF's Q8_0 scheme: w ~ d q, d = max|w| / 127), packed for
+    `packed_linear_q8`: q [ceil(N/64), K, 64] int8, d [ceil(N/64), K/32, 64] fp16."""
+    n, k = weight.shape
+    if k % 32:
+        raise ValueError(f"8-bit packing needs an input size divisible by 32, got {k}")
+    blocks = (n + COLS - 1) // COLS
+    w = weight.detach().float()
+    if blocks * COLS != n:
+        w = torch.cat([w, w.new_zeros(blocks * COLS - n, k)])
+    g = w.view(blocks * COLS, k // 32, 32)
+    d = (g.abs().amax(-1) / 127).half()
+    q = (g / d.float().clamp_min(torch.finfo(torch.float16).tiny)[..., None]).round().clamp(-127, 127).to(torch.int8)
+    q = q.view(blocks, COLS, k).transpose(1, 2).contiguous()
+    return q, d.view(blocks, COLS, k // 32).transpose(1, 2).contiguous()
+
+
 def dequant_q4(codes: Tensor, dm: Tensor, n: int) -> Tensor:
     """The [n, K] weights a `pack_q4` result stands for (tests and agreement checks)."""
     blocks, k, _ = codes.shape
@@ -152,8 +170,30 @@ def dequant_q4(codes: Tensor, dm: Tensor, n: int) -> Tensor:
     return w.transpose(1, 2).reshape(blocks * COLS, k)[:n]
 
 
+def packed_linear_q8(x: Tensor, packed: tuple[Tensor, Tensor], n: int) -> Tensor:
+    """x [..., K] fp32 -> [..., n] through the 8-bit kernel (no bias; callers check `enabled()` and the row limit)."""
+    shape = x.shape
+    y = _EXT.packed_linear_q8(x.reshape(-1, shape[-1]).contiguous(), packed[0], packed[1], n)
+    return y.view(*shape[:-1], n)
+
+
 def packed_linear_q4(x: Tensor, packed: tuple[Tensor, Tensor], n: int, bias: Tensor | None) -> Tensor:
     """x [..., K] fp32 -> [..., n] through the 4-bit kernel (callers check `enabled()` and the row limit)."""
     shape = x.shape
     y = _EXT.packed_linear_q4(x.reshape(-1, shape[-1]).contiguous(), packed[0], packed[1], n, bias)
     return y.view(*shape[:-1], n)
+
+
+def fused_ok(x: Tensor) -> bool:
+    """Whole decoder blocks in one call (`decoder_block`): kernel-path activations, unless LMLAB_FUSED=0."""
+    return usable(x, x.numel() // x.shape[-1]) and os.environ.get("LMLAB_FUSED", "1") != "0" and hasattr(_EXT, "decoder_block")
+
+
+def decoder_block(x: Tensor, *args) -> Tensor:
+    """A Llama decoder block through the kernels in one call (see csrc); callers check `fused_ok`."""
+    return _EXT.decoder_block(x.contiguous(), *args)
+
+
+def draft_block(x: Tensor, *args) -> Tensor:
+    """A draft's decoder block: the kernels plus plain loops for RoPE, SwiGLU and residuals (see csrc)."""
+    return _EXT.draft_block(x.contiguous(), *args)

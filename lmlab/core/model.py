@@ -111,7 +111,7 @@ class Linear(nn.Linear):
     Used for fp32 activations, no autograd and at most `kernels.MAX_ROWS` rows; otherwise plain F.linear. The
     packed copy is made on first use and remade whenever the weight changes (its version counter moves), so
     training and then decoding stays correct. `pack_dtype = torch.bfloat16` streams bf16 weights (weight-only
-    bf16, set by `Transformer.set_weight_dtype`); `kernels.Q4` streams 4-bit group-quantized ones (drafts only).
+    bf16, set by `Transformer.set_weight_dtype`); `kernels.Q4` / `kernels.Q8` stream 4- / 8-bit group-quantized ones (drafts only).
     """
 
     pack_dtype: torch.dtype = torch.float32
@@ -120,7 +120,8 @@ class Linear(nn.Linear):
     def _packed(self):
         key = (self.weight.data_ptr(), self.weight._version, self.pack_dtype)
         if self._pack_key != key:
-            pack = kernels.pack_q4(self.weight) if self.pack_dtype == kernels.Q4 else kernels.pack(self.weight, self.pack_dtype)
+            quant = {kernels.Q4: kernels.pack_q4, kernels.Q8: kernels.pack_q8}.get(self.pack_dtype)
+            pack = quant(self.weight) if quant else kernels.pack(self.weight, self.pack_dtype)
             self._pack, self._pack_key = pack, key
         return self._pack
 
@@ -128,6 +129,8 @@ class Linear(nn.Linear):
         if kernels.usable(x, x.numel() // x.shape[-1], self.weight):
             if self.pack_dtype == kernels.Q4:
                 return kernels.packed_linear_q4(x, self._packed(), self.out_features, self.bias)
+            if self.pack_dtype == kernels.Q8 and self.bias is None:
+                return kernels.packed_linear_q8(x, self._packed(), self.out_features)
             return kernels.packed_linear(x, self._packed(), self.out_features, self.bias)
         return F.linear(x, self.weight, self.bias)
 
@@ -203,8 +206,25 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, kc, vc, write):
+        if write.kernel and write.start is not None and self.attn_norm.weight.dtype == torch.float32 and kernels.fused_ok(x):
+            return self._fused(x, cos, sin, kc, vc, write)
         x = x + self.attn(self.attn_norm(x), cos, sin, kc, vc, write)
         return x + self.mlp(self.mlp_norm(x))
+
+    def _fused(self, x, cos, sin, kc, vc, write):
+        """The same block in one kernel call (`kernels.decoder_block`: same ops, same bits, no per-op dispatch); a 4-bit
+        self-draft's blocks skip torch's elementwise ops as well (`kernels.draft_block`: its numbers only propose)."""
+        a, m = self.attn, self.mlp
+
+        def w(lin: Linear) -> list[Tensor]:
+            p = lin._packed()
+            return list(p) if isinstance(p, tuple) else [p]
+
+        B, T = x.shape[:2]
+        fn = kernels.draft_block if a.wqkv.pack_dtype == kernels.Q4 else kernels.decoder_block  # a 4-bit self-draft
+        return fn(x, self.attn_norm.weight, self.mlp_norm.weight, self.attn_norm.eps, w(a.wqkv), a.wqkv.bias, w(a.wo),
+                                     w(m.w13), m.w13.bias, w(m.w2), m.w2.bias, a.nh, a.nkv, a.hd, m.inter, cos, sin, kc, vc, write.start,
+                                     write.visible(B, T), 1.0 / math.sqrt(a.hd))
 
 
 @dataclass

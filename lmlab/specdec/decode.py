@@ -141,6 +141,8 @@ def spec_stream(
             yield from evs
             if not done:
                 keep.append(j)
+        if getattr(drafter, "uses_target_cache", False):  # a self-draft reads (and temporarily extends) the target's cache
+            drafter.cache = cache
         drafter.begin([list(x) for x in prompts], target_features(fo, layers), capacity)
         while keep:
             if len(keep) < len(rows):

@@ -92,8 +92,12 @@ class DraftModel:
     name = "sps"
 
     def __init__(self, draft: Transformer, gamma_max: int = 8, adaptive: bool = True, gamma: int = 4, vocab: Tensor | None = None,
-                 stream_bf16: bool = True):
+                 stream_bf16: bool = True, shared_cache: bool = False):
         self.model = draft
+        # shared_cache: the draft is the target with other numbers (`quantized_self_draft`) and reads the target's own
+        # KV cache: no prefill of its own, and exact keys/values for the whole committed context. It writes its draft
+        # tokens' K/V into the slots the verification pass overwrites next, and hands the lengths back unchanged.
+        self.uses_target_cache = shared_cache
         if stream_bf16:  # a draft's numbers only steer acceptance: stream its weights as bf16 (half the bytes)
             set_weight_dtype(draft, torch.bfloat16, exact=False)
         self.vocab = vocab  # token subset the draft may propose (FR-Spec style; None: full vocabulary)
@@ -102,9 +106,18 @@ class DraftModel:
         self.max_nodes = gamma_max if adaptive else gamma
 
     def begin(self, prompts: list[list[int]], hidden: Tensor, capacity: int) -> None:
-        self.cache = self.model.new_cache(len(prompts), capacity)
+        if not self.uses_target_cache:
+            self.cache = self.model.new_cache(len(prompts), capacity)  # (else spec_stream set self.cache: the target's)
 
     def propose(self, ctx: list[list[int]], params: SamplingParams, gen: torch.Generator | None) -> list[Draft]:
+        committed = list(self.cache.lengths)
+        try:
+            return self._propose(ctx, params, gen)
+        finally:
+            if self.uses_target_cache:
+                self.cache.rollback(committed)  # the target's cache: its lengths are the target's business
+
+    def _propose(self, ctx: list[list[int]], params: SamplingParams, gen: torch.Generator | None) -> list[Draft]:
         g = self.length.gamma()
         dev = self.model.device
         feed = [c[n:] for c, n in zip(ctx, self.cache.lengths)]  # tokens the draft has not seen yet
@@ -147,20 +160,21 @@ class DraftModel:
         c = self._step_s / max(verify_s, 1e-9)
         for d, path in zip(drafts, paths):
             self.length.observe(len(path), _tries(d, path), c)
-        # the draft cache holds the old context plus drafts d1..d(g-1); keep what the target accepted
-        self.cache.rollback([min(n, len(c) - 1) for n, c in zip(self.cache.lengths, ctx)])
+        if not self.uses_target_cache:  # the draft cache holds the old context plus d1..d(g-1); keep what was accepted
+            self.cache.rollback([min(n, len(c) - 1) for n, c in zip(self.cache.lengths, ctx)])
 
     def keep(self, index: Tensor) -> None:
-        self.cache.reorder(index)
+        if not self.uses_target_cache:  # (the target's cache is reordered by spec_stream)
+            self.cache.reorder(index)
 
 
 def quantized_self_draft(target: Transformer) -> Transformer:
     """The target itself as its draft, with every projection streamed as 4-bit group-quantized weights (GGUF's Q4_1
-    scheme, `kernels.pack_q4`) and the LM head as bf16: no training, the target's tokenizer by construction, and no
+    scheme, `kernels.pack_q4`) and the LM head as 8-bit ones (Q8_0, `kernels.pack_q8`): no training, the target's tokenizer by construction, and no
     second copy of the weights (the draft shares the target's tensors; only its packed copies are new, ~0.6 byte
     per weight). Its numbers differ from the target's (quantization, summation order), so it only proposes; the
-    target verifies. Where the checkpoint itself came from a Q4_1 file (the embedded SmolLM2) the codes are the
-    file's own and the draft disagrees only where rounding flips a near-tie."""
+    target verifies. Where the checkpoint itself came from such a file (the embedded SmolLM2: Q4_1 projections, a
+    Q8_0 embedding) the codes are the file's own and the draft disagrees only where rounding flips a near-tie."""
     with torch.device("meta"):
         draft = Transformer(target.cfg)
     draft.load_state_dict(target.state_dict(), assign=True)
@@ -168,5 +182,8 @@ def quantized_self_draft(target: Transformer) -> Transformer:
     for m in draft.layers.modules():
         if isinstance(m, Linear):
             m.pack_dtype = kernels.Q4
-    draft.lm_head.pack_dtype = torch.bfloat16
+    draft.lm_head.pack_dtype = kernels.Q8 if draft.cfg.hidden_size % 32 == 0 and draft.lm_head.bias is None else torch.bfloat16
+    for m in draft.modules():  # pack now, not inside the first timed proposal (~0.3 s for 135M weights)
+        if isinstance(m, Linear):
+            m._packed()
     return draft.eval()

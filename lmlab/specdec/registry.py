@@ -110,7 +110,7 @@ def make_drafter(lm: LoadedModel, method: str, draft: str | None = None, head: s
             raise LmlabError("--speculative selfq4 needs lmlab's CPU kernels (AVX-512), an fp32 target and layer widths divisible by 32",
                              hint="use sps, pld, eagle or eagle_pld here")
         kw.setdefault("gamma_max", 12)  # the draft agrees with the target almost always: long drafts pay
-        return DraftModel(quantized_self_draft(m), vocab=None, stream_bf16=False, **kw)
+        return DraftModel(quantized_self_draft(m), vocab=None, stream_bf16=False, shared_cache=True, **kw)
     if method in ("eagle", "eagle_pld"):
         kw.setdefault("lookup", method == "eagle_pld")
         p = Path(head) if head else find_trained(lm, "eagle")
