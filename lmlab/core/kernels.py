@@ -197,3 +197,8 @@ def decoder_block(x: Tensor, *args) -> Tensor:
 def draft_block(x: Tensor, *args) -> Tensor:
     """A draft's decoder block: the kernels plus plain loops for RoPE, SwiGLU and residuals (see csrc)."""
     return _EXT.draft_block(x.contiguous(), *args)
+
+
+def draft_layers(x: Tensor, *args) -> Tensor:
+    """Every decoder block of a 4-bit draft in one call (see csrc)."""
+    return _EXT.draft_layers(x.contiguous(), *args)

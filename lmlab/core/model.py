@@ -206,7 +206,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, kc, vc, write):
-        if write.kernel and write.start is not None and self.attn_norm.weight.dtype == torch.float32 and kernels.fused_ok(x):
+        if (write.kernel and write.start is not None and self.attn_norm.weight.dtype == torch.float32 and type(self.mlp) is MLP
+                and type(self.attn) is Attention and kernels.fused_ok(x)):
             return self._fused(x, cos, sin, kc, vc, write)
         x = x + self.attn(self.attn_norm(x), cos, sin, kc, vc, write)
         return x + self.mlp(self.mlp_norm(x))
@@ -386,7 +387,15 @@ class Transformer(nn.Module):
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         write.kernel = kernels.attention_ok(x, B * T, self.cfg.head_dim) and (write.mask is None or write.mask.dtype == torch.bool)
         hidden = [x] if output_hidden_states else None
-        for i, layer in enumerate(self.layers):
+        packs = getattr(self, "draft_packs", None)  # a 4-bit self-draft (specdec.drafters.quantized_self_draft)
+        if packs is not None and write.kernel and write.start is not None and not hooks and hidden is None and kernels.fused_ok(x):
+            cfg = self.cfg
+            x = kernels.draft_layers(x, packs, cache.k, cache.v, cfg.rms_norm_eps, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                                     cfg.intermediate_size, cos, sin, write.start, write.visible(B, T), 1.0 / math.sqrt(cfg.head_dim))
+            layers = ()
+        else:
+            layers = self.layers
+        for i, layer in enumerate(layers):
             x = layer(x, cos, sin, cache.k[i], cache.v[i], write)
             if hooks and i in hooks:
                 x = hooks[i](x)

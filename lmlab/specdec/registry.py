@@ -109,7 +109,7 @@ def make_drafter(lm: LoadedModel, method: str, draft: str | None = None, head: s
                 and m.cfg.intermediate_size % 32 == 0):
             raise LmlabError("--speculative selfq4 needs lmlab's CPU kernels (AVX-512), an fp32 target and layer widths divisible by 32",
                              hint="use sps, pld, eagle or eagle_pld here")
-        kw.setdefault("gamma_max", 12)  # the draft agrees with the target almost always: long drafts pay
+        kw.setdefault("gamma_max", 16)  # it agrees with the target almost always: long drafts pay (dev prompts: 12 -> 1.82x, 16 -> 1.89x, 24 -> flat)
         return DraftModel(quantized_self_draft(m), vocab=None, stream_bf16=False, shared_cache=True, **kw)
     if method in ("eagle", "eagle_pld"):
         kw.setdefault("lookup", method == "eagle_pld")

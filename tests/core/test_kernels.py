@@ -153,3 +153,36 @@ def test_q4_packing_round_trips_and_kernel_matches_its_weights(n, k):
     assert torch.allclose(y.double(), ref, atol=1e-4 * k ** 0.5, rtol=0)
     with pytest.raises(ValueError, match="divisible by 32"):
         kernels.pack_q4(torch.randn(4, 40))
+
+
+
+def test_q8_packing_and_kernel():
+    g = torch.Generator().manual_seed(1)
+    w, x = torch.randn(200, 96, generator=g), torch.randn(5, 96, generator=g)
+    q, d = kernels.pack_q8(w)
+    wq = (q.float() * d.float().repeat_interleave(32, 1)).transpose(1, 2).reshape(-1, 96)[:200]
+    assert 0 < ((wq - w).norm() / w.norm()).item() < 0.01  # 8 bits per weight: a close approximation
+    y = kernels.packed_linear_q8(x, (q, d), 200)
+    assert torch.allclose(y.double(), x.double() @ wq.double().T, atol=1e-4, rtol=0)
+
+
+def test_fused_blocks_give_the_unfused_bits(monkeypatch):
+    """Whole decoder blocks in one kernel call (`decoder_block`) are the same ops in the same order: prefill, single
+    steps and a block pass give exactly the logits of the per-op path (LMLAB_FUSED=0)."""
+    m = tiny_model()
+    ids = torch.randint(0, 300, (1, 40))
+
+    def run(fused: str):
+        monkeypatch.setenv("LMLAB_FUSED", fused)
+        c = m.new_cache(1, 48)
+        with torch.inference_mode():
+            a = m(ids[:, :30], c, logits="all").logits
+            b = [m(ids[:, i:i + 1], c).logits for i in range(30, 34)]
+            return a, b, m(ids[:, 34:40], c, logits="all").logits
+
+    calls = []
+    real = kernels.decoder_block
+    monkeypatch.setattr(kernels, "decoder_block", lambda *a: calls.append(1) or real(*a))
+    fused, plain = run("1"), run("0")
+    assert calls, "the fused path must have run"
+    assert torch.equal(fused[0], plain[0]) and all(torch.equal(x, y) for x, y in zip(fused[1], plain[1])) and torch.equal(fused[2], plain[2])

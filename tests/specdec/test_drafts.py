@@ -139,3 +139,23 @@ def test_trained_drafts_are_found_by_dtype_then_size(tmp_path, monkeypatch):
     full_fp32.mkdir(parents=True)
     assert find_trained(fp32, "eagle") == full_fp32 and "float32" in full_fp32.name
     assert find_trained(fp32, "draft") is None
+
+
+
+def test_selfq4_reads_the_target_cache_and_accepts_long_drafts(smollm, monkeypatch):
+    """The 4-bit self-draft proposes from the target's own KV cache (no prefill of its own) and, on a target whose
+    checkpoint came from a Q4_1 file, is nearly always right: long drafts are accepted. Without lmlab's kernels it
+    is a one-line error."""
+    from lmlab.core import kernels
+    from lmlab.core.engine import SamplingParams, encode_chat
+    from lmlab.specdec import SpecStats, spec_generate
+
+    d = make_drafter(smollm, "selfq4")
+    assert d.uses_target_cache and d.model.draft_packs and d.model.embed.weight.data_ptr() == smollm.model.embed.weight.data_ptr()  # shared
+    ids = encode_chat(smollm.tokenizer, [{"role": "user", "content": "Write two sentences about the sea."}])
+    st = SpecStats()
+    spec_generate(smollm.model, smollm.tokenizer, d, [ids], SamplingParams(max_new_tokens=48), stats=st)
+    assert st.mean_accepted_tokens > 5, st.mean_accepted_tokens
+    monkeypatch.setattr(kernels, "enabled", lambda: False)
+    with pytest.raises(LmlabError, match="selfq4 needs lmlab's CPU kernels"):
+        make_drafter(smollm, "selfq4")

@@ -16,6 +16,7 @@ from scipy.stats import chisquare
 
 from lmlab.core.engine import SamplingParams, probs_from_logits
 from lmlab.specdec import DraftModel, PromptLookup, spec_generate
+from lmlab.specdec.drafters import quantized_self_draft
 from lmlab.specdec.eagle import EagleDrafter, EagleHead
 from lmlab.specdec.verify import Draft
 
@@ -55,6 +56,8 @@ def broken_accept(draft: Draft, logits, params, gen=None, probs=None):
 def drafter(kind, target, draft):
     if kind == "sps":
         return DraftModel(draft, adaptive=False, gamma=3)
+    if kind == "selfq4":  # the target's own quantized weights, reading the target's KV cache
+        return DraftModel(quantized_self_draft(target), adaptive=False, gamma=3, vocab=None, stream_bf16=False, shared_cache=True)
     if kind == "pld":
         return PromptLookup(max_ngram=2, gamma_max=3)
     torch.manual_seed(3)
@@ -84,7 +87,7 @@ def stats(samples, prompt_idx, joint, marg3):
     return p12, p3, tv
 
 
-@pytest.mark.parametrize("kind", ["sps", "pld", "eagle"])
+@pytest.mark.parametrize("kind", ["sps", "pld", "eagle", "selfq4"])
 def test_emitted_distribution_equals_target(tiny_pair, kind):
     target, draft = tiny_pair
     params = SamplingParams(max_new_tokens=3, temperature=1.0, seed=0, ignore_eos=True)

@@ -472,12 +472,27 @@ torch::Tensor draft_block(const torch::Tensor& x, const torch::Tensor& attn_norm
   return out.view({B, T, H});
 }
 
+// Every decoder block of a draft in one call: layers[i] = {attn_norm, mlp_norm, wqkv..., wo..., w13..., w2...} with
+// each weight given as its packed form (codes, scales), biases absent. Saves ~30 Python round trips per draft step.
+torch::Tensor draft_layers(torch::Tensor x, const std::vector<std::vector<torch::Tensor>>& layers, std::vector<torch::Tensor> kcs,
+                           std::vector<torch::Tensor> vcs, double eps, int64_t nh, int64_t nkv, int64_t hd, int64_t inter,
+                           const torch::Tensor& cos, const torch::Tensor& sin, int64_t start, const torch::Tensor& visible, double scale) {
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const auto& L = layers[i];
+    TORCH_CHECK(L.size() == 10, "draft_layers: {attn_norm, mlp_norm, qkv codes, qkv scales, wo codes, wo scales, w13 codes, w13 scales, w2 codes, w2 scales}");
+    x = draft_block(x, L[0], L[1], eps, {L[2], L[3]}, c10::nullopt, {L[4], L[5]}, {L[6], L[7]}, c10::nullopt, {L[8], L[9]}, c10::nullopt,
+                    nh, nkv, hd, inter, cos, sin, kcs[i], vcs[i], start, visible, scale);
+  }
+  return x;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_linear", &packed_linear, "batch-invariant small-M linear on packed weights");
   m.def("attention", &attention, "batch-invariant attention over visible cached keys");
   m.def("rms_norm", &rms_norm, "fused RMSNorm over rows");
   m.def("packed_linear_q4", &packed_linear_q4, "small-M linear on 4-bit group-quantized packed weights (drafts)");
   m.def("packed_linear_q8", &packed_linear_q8, "small-M linear on 8-bit group-quantized packed weights (drafts)");
+  m.def("draft_layers", &draft_layers, "all decoder blocks of a 4-bit draft in one call");
   m.def("draft_block", &draft_block, "a draft's decoder block: kernels and plain loops, no ATen elementwise ops");
   m.def("decoder_block", &decoder_block, "a whole Llama decoder block through the kernels, in one call");
 }
