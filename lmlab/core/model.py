@@ -223,9 +223,8 @@ class Block(nn.Module):
 
         B, T = x.shape[:2]
         fn = kernels.draft_block if a.wqkv.pack_dtype == kernels.Q4 else kernels.decoder_block  # a 4-bit self-draft
-        return fn(x, self.attn_norm.weight, self.mlp_norm.weight, self.attn_norm.eps, w(a.wqkv), a.wqkv.bias, w(a.wo),
-                                     w(m.w13), m.w13.bias, w(m.w2), m.w2.bias, a.nh, a.nkv, a.hd, m.inter, cos, sin, kc, vc, write.start,
-                                     write.visible(B, T), 1.0 / math.sqrt(a.hd))
+        return fn(x, self.attn_norm.weight, self.mlp_norm.weight, self.attn_norm.eps, w(a.wqkv), a.wqkv.bias, w(a.wo), w(m.w13), m.w13.bias,
+                  w(m.w2), m.w2.bias, a.nh, a.nkv, a.hd, m.inter, cos, sin, kc, vc, write.start, write.visible(B, T), 1.0 / math.sqrt(a.hd))
 
 
 @dataclass
