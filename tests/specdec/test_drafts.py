@@ -155,7 +155,8 @@ def test_selfq4_reads_the_target_cache_and_accepts_long_drafts(smollm, monkeypat
     ids = encode_chat(smollm.tokenizer, [{"role": "user", "content": "Write two sentences about the sea."}])
     st = SpecStats()
     spec_generate(smollm.model, smollm.tokenizer, d, [ids], SamplingParams(max_new_tokens=48), stats=st)
-    assert st.mean_accepted_tokens > 5, st.mean_accepted_tokens
+    # (the draft length adapts to measured timings, so assert acceptance, not tokens per pass)
+    assert st.acceptance_rate > 0.95 and st.mean_accepted_tokens > 3, (st.acceptance_rate, st.mean_accepted_tokens)
     monkeypatch.setattr(kernels, "enabled", lambda: False)
     with pytest.raises(LmlabError, match="selfq4 needs lmlab's CPU kernels"):
         make_drafter(smollm, "selfq4")
