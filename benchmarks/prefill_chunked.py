@@ -5,22 +5,13 @@ Run: HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 python benchmarks/prefill_chunked.py [--
 """
 import argparse
 import json
-import time
 
 import torch
+from prefill_mixed import best_of  # (beside this script)
 
 from lmlab.core.engine import chunked_forward, encode_chat
 from lmlab.core.loader import load_model
 from lmlab.specdec.bench import load_questions
-
-
-def best_of(fn, reps=3):
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
 
 
 def main():

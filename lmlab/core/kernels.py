@@ -121,18 +121,23 @@ Q4 = "q4"  # `Linear.pack_dtype` values for 4- and 8-bit group-quantized weights
 Q8 = "q8"
 
 
-def pack_q4(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """[N, K] -> 4-bit codes and fp16 scales/offsets per 32 inputs (GGUF's Q4_1 scheme: w ~ d q + m, q in 0..15,
-    d = (max - min) / 15, m = min), packed for `packed_linear_q4`: q [ceil(N/64), K, 32] uint8, dm [ceil(N/64),
-    K/32, 2, 64] fp16. A Q4_1-sourced checkpoint (the embedded SmolLM2) round-trips to its own codes."""
+def _groups(weight: Tensor, what: str) -> tuple[Tensor, int, int]:
+    """[N, K] fp32 weights, rows zero-padded to whole 64-column blocks, as groups of 32 inputs [N', K/32, 32]."""
     n, k = weight.shape
     if k % 32:
-        raise ValueError(f"4-bit packing needs an input size divisible by 32, got {k}")
+        raise ValueError(f"{what} packing needs an input size divisible by 32, got {k}")
     blocks = (n + COLS - 1) // COLS
     w = weight.detach().float()
     if blocks * COLS != n:
         w = torch.cat([w, w.new_zeros(blocks * COLS - n, k)])
-    g = w.view(blocks * COLS, k // 32, 32)
+    return w.view(blocks * COLS, k // 32, 32), blocks, k
+
+
+def pack_q4(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """[N, K] -> 4-bit codes and fp16 scales/offsets per 32 inputs (GGUF's Q4_1 scheme: w ~ d q + m, q in 0..15,
+    d = (max - min) / 15, m = min), packed for `packed_linear_q4`: q [ceil(N/64), K, 32] uint8, dm [ceil(N/64),
+    K/32, 2, 64] fp16. A Q4_1-sourced checkpoint (the embedded SmolLM2) round-trips to its own codes."""
+    g, blocks, k = _groups(weight, "4-bit")
     lo, hi = g.amin(-1), g.amax(-1)
     d = ((hi - lo) / 15).half()
     m = lo.half()
@@ -147,14 +152,7 @@ def pack_q4(weight: Tensor) -> tuple[Tensor, Tensor]:
 def pack_q8(weight: Tensor) -> tuple[Tensor, Tensor]:
     """[N, K] -> int8 codes and fp16 scales per 32 inputs (GGUF's Q8_0 scheme: w ~ d q, d = max|w| / 127), packed for
     `packed_linear_q8`: q [ceil(N/64), K, 64] int8, d [ceil(N/64), K/32, 64] fp16."""
-    n, k = weight.shape
-    if k % 32:
-        raise ValueError(f"8-bit packing needs an input size divisible by 32, got {k}")
-    blocks = (n + COLS - 1) // COLS
-    w = weight.detach().float()
-    if blocks * COLS != n:
-        w = torch.cat([w, w.new_zeros(blocks * COLS - n, k)])
-    g = w.view(blocks * COLS, k // 32, 32)
+    g, blocks, k = _groups(weight, "8-bit")
     d = (g.abs().amax(-1) / 127).half()
     q = (g / d.float().clamp_min(torch.finfo(torch.float16).tiny)[..., None]).round().clamp(-127, 127).to(torch.int8)
     q = q.view(blocks, COLS, k).transpose(1, 2).contiguous()
