@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -55,6 +56,26 @@ inline void tile(const float* x, int64_t ldx, const W* wp, int64_t K, const floa
   }
 }
 
+// Rows in tiles of 4, then a tile of the 1-3 left over: calls f(std::integral_constant<int, MB>, first_row).
+template <typename F>
+inline void row_tiles(int64_t M, F&& f) {
+  int64_t i = 0;
+  for (; i + 4 <= M; i += 4) f(std::integral_constant<int, 4>{}, i);
+  switch (M - i) {
+    case 3: f(std::integral_constant<int, 3>{}, i); break;
+    case 2: f(std::integral_constant<int, 2>{}, i); break;
+    case 1: f(std::integral_constant<int, 1>{}, i); break;
+    default: break;
+  }
+}
+
+// The optional fp32 bias [N] of a linear layer, checked (nullptr when absent).
+inline const float* bias_of(const c10::optional<torch::Tensor>& b, int64_t N) {
+  if (!b.has_value() || !b->defined()) return nullptr;
+  TORCH_CHECK(b->scalar_type() == at::kFloat && b->is_contiguous() && b->numel() == N, "bias: fp32 [N]");
+  return b->data_ptr<float>();
+}
+
 template <typename W>
 void run(const float* x, int64_t M, const W* wp, int64_t N, int64_t K, const float* bias, float* y) {
   const int64_t blocks = (N + COLS - 1) / COLS;
@@ -63,14 +84,7 @@ void run(const float* x, int64_t M, const W* wp, int64_t N, int64_t K, const flo
       const int64_t n = b * COLS, ncols = std::min(COLS, N - n);
       const W* w = wp + b * K * COLS;
       const float* bb = bias ? bias + n : nullptr;
-      int64_t m = 0;
-      for (; m + 4 <= M; m += 4) tile<W, 4>(x + m * K, K, w, K, bb, y + m * N + n, N, ncols);
-      switch (M - m) {
-        case 3: tile<W, 3>(x + m * K, K, w, K, bb, y + m * N + n, N, ncols); break;
-        case 2: tile<W, 2>(x + m * K, K, w, K, bb, y + m * N + n, N, ncols); break;
-        case 1: tile<W, 1>(x + m * K, K, w, K, bb, y + m * N + n, N, ncols); break;
-        default: break;
-      }
+      row_tiles(M, [&](auto mb, int64_t m) { tile<W, decltype(mb)::value>(x + m * K, K, w, K, bb, y + m * N + n, N, ncols); });
     }
   });
 }
@@ -196,11 +210,7 @@ torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& wp, int
   const int64_t M = x.size(0), K = x.size(1);
   TORCH_CHECK(wp.dim() == 3 && wp.is_contiguous() && wp.size(1) == K && wp.size(2) == COLS && wp.size(0) * COLS >= N,
               "wp: packed [ceil(N/64), K, 64]");
-  const float* bias = nullptr;
-  if (b.has_value() && b->defined()) {
-    TORCH_CHECK(b->scalar_type() == at::kFloat && b->is_contiguous() && b->numel() == N, "bias: fp32 [N]");
-    bias = b->data_ptr<float>();
-  }
+  const float* bias = bias_of(b, N);
   auto y = torch::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   if (wp.scalar_type() == at::kFloat) {
@@ -269,11 +279,7 @@ torch::Tensor packed_linear_q4(const torch::Tensor& x, const torch::Tensor& q, c
   TORCH_CHECK(K % 32 == 0 && q.scalar_type() == at::kByte && q.is_contiguous() && q.dim() == 3 && q.size(1) == K && q.size(2) == 32 &&
               q.size(0) * COLS >= N, "q: packed uint8 [ceil(N/64), K, 32], K % 32 == 0");
   TORCH_CHECK(dm.scalar_type() == at::kHalf && dm.is_contiguous() && dm.numel() == q.size(0) * G * 128, "dm: fp16 [ceil(N/64), K/32, 2, 64]");
-  const float* bias = nullptr;
-  if (b.has_value() && b->defined()) {
-    TORCH_CHECK(b->scalar_type() == at::kFloat && b->is_contiguous() && b->numel() == N, "bias: fp32 [N]");
-    bias = b->data_ptr<float>();
-  }
+  const float* bias = bias_of(b, N);
   auto y = torch::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   std::vector<float> xs(M * G);  // per row and group: sum of the inputs (the offsets' share)
@@ -294,14 +300,9 @@ torch::Tensor packed_linear_q4(const torch::Tensor& x, const torch::Tensor& q, c
       const uint8_t* qb = qp + bl * K * 32;
       const at::Half* db = dp + bl * G * 128;
       const float* bb = bias ? bias + n : nullptr;
-      int64_t i = 0;
-      for (; i + 4 <= M; i += 4) tile_q4<4>(xp + i * K, K, qb, db, xs.data() + i * G, K, bb, yp + i * N + n, N, ncols);
-      switch (M - i) {
-        case 3: tile_q4<3>(xp + i * K, K, qb, db, xs.data() + i * G, K, bb, yp + i * N + n, N, ncols); break;
-        case 2: tile_q4<2>(xp + i * K, K, qb, db, xs.data() + i * G, K, bb, yp + i * N + n, N, ncols); break;
-        case 1: tile_q4<1>(xp + i * K, K, qb, db, xs.data() + i * G, K, bb, yp + i * N + n, N, ncols); break;
-        default: break;
-      }
+      row_tiles(M, [&](auto mb, int64_t i) {
+        tile_q4<decltype(mb)::value>(xp + i * K, K, qb, db, xs.data() + i * G, K, bb, yp + i * N + n, N, ncols);
+      });
     }
   });
   return y;
@@ -359,14 +360,7 @@ torch::Tensor packed_linear_q8(const torch::Tensor& x, const torch::Tensor& q, c
       const int64_t n = bl * COLS, ncols = std::min(COLS, N - n);
       const int8_t* qb = qp + bl * K * 64;
       const at::Half* db = dp + bl * G * 64;
-      int64_t i = 0;
-      for (; i + 4 <= M; i += 4) tile_q8<4>(xp + i * K, K, qb, db, K, yp + i * N + n, N, ncols);
-      switch (M - i) {
-        case 3: tile_q8<3>(xp + i * K, K, qb, db, K, yp + i * N + n, N, ncols); break;
-        case 2: tile_q8<2>(xp + i * K, K, qb, db, K, yp + i * N + n, N, ncols); break;
-        case 1: tile_q8<1>(xp + i * K, K, qb, db, K, yp + i * N + n, N, ncols); break;
-        default: break;
-      }
+      row_tiles(M, [&](auto mb, int64_t i) { tile_q8<decltype(mb)::value>(xp + i * K, K, qb, db, K, yp + i * N + n, N, ncols); });
     }
   });
   return y;
