@@ -129,8 +129,9 @@ class Linear(nn.Linear):
         if kernels.usable(x, x.numel() // x.shape[-1], self.weight):
             if self.pack_dtype == kernels.Q4:
                 return kernels.packed_linear_q4(x, self._packed(), self.out_features, self.bias)
-            if self.pack_dtype == kernels.Q8 and self.bias is None:
-                return kernels.packed_linear_q8(x, self._packed(), self.out_features)
+            if self.pack_dtype == kernels.Q8:
+                y = kernels.packed_linear_q8(x, self._packed(), self.out_features)
+                return y if self.bias is None else y + self.bias
             return kernels.packed_linear(x, self._packed(), self.out_features, self.bias)
         return F.linear(x, self.weight, self.bias)
 
@@ -206,8 +207,7 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, kc, vc, write):
-        if (write.kernel and write.start is not None and self.attn_norm.weight.dtype == torch.float32 and type(self.mlp) is MLP
-                and type(self.attn) is Attention and kernels.fused_ok(x)):
+        if write.fused and self.attn_norm.weight.dtype == torch.float32 and type(self.mlp) is MLP and type(self.attn) is Attention:
             return self._fused(x, cos, sin, kc, vc, write)
         x = x + self.attn(self.attn_norm(x), cos, sin, kc, vc, write)
         return x + self.mlp(self.mlp_norm(x))
@@ -239,6 +239,7 @@ class _Write:
     mask: Tensor | None  # [B, 1, T, used] bool or float, or None
     causal: bool
     kernel: bool = False  # attention through lmlab's CPU kernel (set by Transformer.forward)
+    fused: bool = False  # dense blocks as one kernel call each (kernels.decoder_block; set by Transformer.forward)
     _visible: Tensor | None = None
 
     def visible(self, B: int, T: int) -> Tensor:
@@ -385,9 +386,10 @@ class Transformer(nn.Module):
         cos, sin = self._rope(pos)
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         write.kernel = kernels.attention_ok(x, B * T, self.cfg.head_dim) and (write.mask is None or write.mask.dtype == torch.bool)
+        write.fused = write.kernel and write.start is not None and kernels.fused_ok(x)
         hidden = [x] if output_hidden_states else None
         packs = getattr(self, "draft_packs", None)  # a 4-bit self-draft (specdec.drafters.quantized_self_draft)
-        if packs is not None and write.kernel and write.start is not None and not hooks and hidden is None and kernels.fused_ok(x):
+        if packs is not None and write.fused and not hooks and hidden is None:
             cfg = self.cfg
             x = kernels.draft_layers(x, packs, cache.k, cache.v, cfg.rms_norm_eps, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                                      cfg.intermediate_size, cos, sin, write.start, write.visible(B, T), 1.0 / math.sqrt(cfg.head_dim))

@@ -170,11 +170,12 @@ class DraftModel:
 
 def quantized_self_draft(target: Transformer) -> Transformer:
     """The target itself as its draft, with every projection streamed as 4-bit group-quantized weights (GGUF's Q4_1
-    scheme, `kernels.pack_q4`) and the LM head as 8-bit ones (Q8_0, `kernels.pack_q8`): no training, the target's tokenizer by construction, and no
-    second copy of the weights (the draft shares the target's tensors; only its packed copies are new, ~0.6 byte
-    per weight). Its numbers differ from the target's (quantization, summation order), so it only proposes; the
-    target verifies. Where the checkpoint itself came from such a file (the embedded SmolLM2: Q4_1 projections, a
-    Q8_0 embedding) the codes are the file's own and the draft disagrees only where rounding flips a near-tie."""
+    scheme, `kernels.pack_q4`) and the LM head as 8-bit ones (Q8_0, `kernels.pack_q8`): no training, the target's
+    tokenizer by construction, and no second copy of the weights (the draft shares the target's tensors; only its
+    packed copies are new, ~0.6 byte per weight). Its numbers differ from the target's (quantization, summation
+    order), so it only proposes; the target verifies. Where the checkpoint itself came from such a file (the
+    embedded SmolLM2: Q4_1 projections, a Q8_0 embedding) the codes are the file's own and the draft disagrees only
+    where rounding flips a near-tie."""
     with torch.device("meta"):
         draft = Transformer(target.cfg)
     draft.load_state_dict(target.state_dict(), assign=True)
@@ -182,7 +183,7 @@ def quantized_self_draft(target: Transformer) -> Transformer:
     for m in draft.layers.modules():
         if isinstance(m, Linear):
             m.pack_dtype = kernels.Q4
-    draft.lm_head.pack_dtype = kernels.Q8 if draft.cfg.hidden_size % 32 == 0 and draft.lm_head.bias is None else torch.bfloat16
+    draft.lm_head.pack_dtype = kernels.Q8 if draft.cfg.hidden_size % 32 == 0 else torch.bfloat16
     for m in draft.modules():  # pack now, not inside the first timed proposal (~0.3 s for 135M weights)
         if isinstance(m, Linear):
             m._packed()
