@@ -28,8 +28,14 @@ def measure(name: str, fn, rows: int) -> dict:
     outs = fn()
     dt = time.perf_counter() - t0
     valid = sum(1 for c in outs if _ok(c.text))
-    return {"setup": name, "rows": rows, "seconds": dt, "rows_per_s": rows / dt,
-            "new_tokens_per_s": sum(c.completion_tokens for c in outs) / dt, "valid": valid}
+    return {
+        "setup": name,
+        "rows": rows,
+        "seconds": dt,
+        "rows_per_s": rows / dt,
+        "new_tokens_per_s": sum(c.completion_tokens for c in outs) / dt,
+        "valid": valid,
+    }
 
 
 def _ok(text: str) -> bool:
@@ -46,7 +52,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "glan.json")
     a = ap.parse_args()
-    questions = [f"Homework {i}: explain, with an example, why the sum of two even numbers is even (variant {i})." for i in range(a.rows)]
+    questions = [
+        f"Homework {i}: explain, with an example, why the sum of two even numbers is even (variant {i})."
+        for i in range(a.rows)
+    ]
     prompts = [P.answer_prompt(q) for q in questions]
     schema = Answer.model_json_schema()
     params = SamplingParams(max_new_tokens=a.max_tokens)  # greedy: every setup does the same work
@@ -56,16 +65,28 @@ def main() -> None:
     with ServerThread(create_app(local.lm, max_batch=16, batch_window_s=0.02)) as srv:
         for conc in (1, 16):
             be = OpenAIBackend("smollm2-135m-instruct", base_url=srv.url, concurrency=conc, max_retries=0, timeout=600)
-            res.append(measure(f"lmlab serve, concurrency {conc}", lambda: be.complete(prompts, params, schema), a.rows))
+            res.append(
+                measure(f"lmlab serve, concurrency {conc}", lambda: be.complete(prompts, params, schema), a.rows)
+            )
     for bs in (1, 16):
         local.batch_size = bs
         res.append(measure(f"local engine, batch {bs}", lambda: local.complete(prompts, params, schema), a.rows))
     base_http, base_local = res[0]["rows_per_s"], res[2]["rows_per_s"]
     for r in res:
         r["ratio_vs_baseline"] = r["rows_per_s"] / (base_http if r["setup"].startswith("lmlab") else base_local)
-    print(markdown_table(res, ["setup", "rows", "seconds", "rows_per_s", "new_tokens_per_s", "valid", "ratio_vs_baseline"], ".2f"))
-    meta = {"dtype": str(local.lm.model.embed.weight.dtype), "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-            "load_avg": os.getloadavg(), "rows": a.rows, "max_tokens": a.max_tokens}
+    print(
+        markdown_table(
+            res, ["setup", "rows", "seconds", "rows_per_s", "new_tokens_per_s", "valid", "ratio_vs_baseline"], ".2f"
+        )
+    )
+    meta = {
+        "dtype": str(local.lm.model.embed.weight.dtype),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "load_avg": os.getloadavg(),
+        "rows": a.rows,
+        "max_tokens": a.max_tokens,
+    }
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps({"meta": meta, "results": res}, indent=2))
     print(json.dumps(meta))

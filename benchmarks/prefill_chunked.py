@@ -3,6 +3,7 @@ kernels (`engine.chunked_forward`, what `prefill_forward` now does), on the benc
 first question of each category, chat template applied), fp32, best of 3 each.
 Run: HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 python benchmarks/prefill_chunked.py [--json benchmarks/results/prefill_chunked.json]
 """
+
 import argparse
 import json
 
@@ -28,8 +29,15 @@ def main():
             T = ids.shape[1]
             block = best_of(lambda: m(ids, m.new_cache(1, T)))
             pieces = best_of(lambda: chunked_forward(m, ids, m.new_cache(1, T)))
-            rows.append({"category": q["category"], "tokens": T, "block_s": round(block, 4), "pieces_s": round(pieces, 4),
-                         "speedup": round(block / pieces, 2)})
+            rows.append(
+                {
+                    "category": q["category"],
+                    "tokens": T,
+                    "block_s": round(block, 4),
+                    "pieces_s": round(pieces, 4),
+                    "speedup": round(block / pieces, 2),
+                }
+            )
     tot_b, tot_p = sum(r["block_s"] for r in rows), sum(r["pieces_s"] for r in rows)
     print("| category | prompt tokens | one block s | pieces s | speedup |\n|---|---|---|---|---|")
     for r in rows:

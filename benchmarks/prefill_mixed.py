@@ -4,6 +4,7 @@ The batch is the first 16 training prompts of the draft corpus (held-out Spec-Be
 categories, so each batch mixes long articles with one-line questions), chat template applied.
 Run: HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 python benchmarks/prefill_mixed.py [--json benchmarks/results/prefill_mixed.json]
 """
+
 import argparse
 import json
 import time
@@ -42,10 +43,18 @@ def main():
     with torch.inference_mode():
         base = best_of(lambda: padded(m, prompts))
         rows = best_of(lambda: prefill_forward(m, m.new_cache(len(prompts), max(lens)), prompts))
-    res = {"batch": len(prompts), "tokens": sum(lens), "padded_tokens": len(prompts) * max(lens),
-           "padded_s": round(base, 3), "row_by_row_s": round(rows, 3), "speedup": round(base / rows, 2)}
-    print(f"| batch | real tokens | padded tokens | padded s | row-by-row s | speedup |\n|---|---|---|---|---|---|\n"
-          f"| {res['batch']} | {res['tokens']} | {res['padded_tokens']} | {res['padded_s']} | {res['row_by_row_s']} | {res['speedup']}x |")
+    res = {
+        "batch": len(prompts),
+        "tokens": sum(lens),
+        "padded_tokens": len(prompts) * max(lens),
+        "padded_s": round(base, 3),
+        "row_by_row_s": round(rows, 3),
+        "speedup": round(base / rows, 2),
+    }
+    print(
+        f"| batch | real tokens | padded tokens | padded s | row-by-row s | speedup |\n|---|---|---|---|---|---|\n"
+        f"| {res['batch']} | {res['tokens']} | {res['padded_tokens']} | {res['padded_s']} | {res['row_by_row_s']} | {res['speedup']}x |"
+    )
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)

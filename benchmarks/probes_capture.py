@@ -40,7 +40,7 @@ def main() -> None:
     @torch.inference_mode()
     def plain() -> None:
         for s in range(0, len(ids), a.batch_size):
-            chunk = ids[s:s + a.batch_size]
+            chunk = ids[s : s + a.batch_size]
             lens = [len(x) for x in chunk]
             T = max(lens)
             x = torch.tensor([r + [0] * (T - len(r)) for r in chunk])
@@ -49,7 +49,16 @@ def main() -> None:
     def captured() -> None:
         root = Path(tempfile.mkdtemp(prefix="probes-bench-"))
         try:
-            capture(native_hidden_fn(model), ids, pos, layers, root / "c", position_names=D.POSITIONS, batch_size=a.batch_size, shard_rows=128)
+            capture(
+                native_hidden_fn(model),
+                ids,
+                pos,
+                layers,
+                root / "c",
+                position_names=D.POSITIONS,
+                batch_size=a.batch_size,
+                shard_rows=128,
+            )
         finally:
             shutil.rmtree(root)
 
@@ -62,13 +71,36 @@ def main() -> None:
             fn()
             times[name].append(time.perf_counter() - t0)
     base = statistics.median(times["plain forward"])
-    rows = [{"what": k, "median s": statistics.median(v), "min s": min(v), "ratio (median)": statistics.median(v) / base,
-             "ratio (min)": min(v) / min(times["plain forward"])} for k, v in times.items()]
+    rows = [
+        {
+            "what": k,
+            "median s": statistics.median(v),
+            "min s": min(v),
+            "ratio (median)": statistics.median(v) / base,
+            "ratio (min)": min(v) / min(times["plain forward"]),
+        }
+        for k, v in times.items()
+    ]
     print(markdown_table(rows))
     tokens = sum(len(x) for x in ids)
-    atomic_write_text(a.json, json.dumps({"model": a.model, "prompts": len(ids), "tokens": tokens, "batch_size": a.batch_size,
-                                          "layers": len(layers), "positions": len(D.POSITIONS), "repeats": a.repeats,
-                                          "threads": torch.get_num_threads(), "times": times, "rows": rows}, indent=1))
+    atomic_write_text(
+        a.json,
+        json.dumps(
+            {
+                "model": a.model,
+                "prompts": len(ids),
+                "tokens": tokens,
+                "batch_size": a.batch_size,
+                "layers": len(layers),
+                "positions": len(D.POSITIONS),
+                "repeats": a.repeats,
+                "threads": torch.get_num_threads(),
+                "times": times,
+                "rows": rows,
+            },
+            indent=1,
+        ),
+    )
 
 
 if __name__ == "__main__":

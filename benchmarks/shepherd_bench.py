@@ -61,32 +61,77 @@ def main() -> None:
         for s, cs in zip(seqs[:k], cuts[:k]):
             per = []
             for c in cs:
-                per.append([generate(model, tok, [s[:c]], SamplingParams(max_new_tokens=96, temperature=1.0, seed=int(torch.randint(0, 2**31, (1,), generator=g))))[0].token_ids
-                            for _ in range(args.n)])
+                per.append(
+                    [
+                        generate(
+                            model,
+                            tok,
+                            [s[:c]],
+                            SamplingParams(
+                                max_new_tokens=96, temperature=1.0, seed=int(torch.randint(0, 2**31, (1,), generator=g))
+                            ),
+                        )[0].token_ids
+                        for _ in range(args.n)
+                    ]
+                )
             out.append(per)
         return out
 
     def per_cut(k: int):
         g = torch.Generator().manual_seed(2)
-        return [[complete_cuts(model, tok, [s[:c]], [[c]], args.n, params, g)[0][0] for c in cs] for s, cs in zip(seqs[:k], cuts[:k])]
+        return [
+            [complete_cuts(model, tok, [s[:c]], [[c]], args.n, params, g)[0][0] for c in cs]
+            for s, cs in zip(seqs[:k], cuts[:k])
+        ]
 
     def shared(k: int):
         return complete_cuts(model, tok, seqs[:k], cuts[:k], args.n, params, torch.Generator().manual_seed(3))
 
     shared(1)  # warm-up (allocator, kernels)
     rows = []
-    for name, fn, k in [("naive per-completion", naive, args.naive_problems), ("per-cut fan-out", per_cut, args.problems),
-                        ("shared prefix (annotate)", shared, args.problems)]:
+    for name, fn, k in [
+        ("naive per-completion", naive, args.naive_problems),
+        ("per-cut fan-out", per_cut, args.problems),
+        ("shared prefix (annotate)", shared, args.problems),
+    ]:
         r = timed(fn, k)
-        rows.append({"method": name, "problems": k, **r, "completions_per_s": r["completions"] / r["seconds"],
-                     "tokens_per_s": r["tokens"] / r["seconds"]})
+        rows.append(
+            {
+                "method": name,
+                "problems": k,
+                **r,
+                "completions_per_s": r["completions"] / r["seconds"],
+                "tokens_per_s": r["tokens"] / r["seconds"],
+            }
+        )
     for r in rows:
         r["speedup_vs_naive"] = r["completions_per_s"] / rows[0]["completions_per_s"]
         r["token_speedup_vs_naive"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
-    print(markdown_table(rows, ["method", "problems", "completions", "tokens", "seconds", "completions_per_s", "tokens_per_s",
-                                "speedup_vs_naive", "token_speedup_vs_naive"], ".2f"))
-    meta = {"model": str(lm.path), "n": args.n, "device": str(model.device), "torch_threads": torch.get_num_threads(),
-            "machine": platform.processor() or platform.machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    print(
+        markdown_table(
+            rows,
+            [
+                "method",
+                "problems",
+                "completions",
+                "tokens",
+                "seconds",
+                "completions_per_s",
+                "tokens_per_s",
+                "speedup_vs_naive",
+                "token_speedup_vs_naive",
+            ],
+            ".2f",
+        )
+    )
+    meta = {
+        "model": str(lm.path),
+        "n": args.n,
+        "device": str(model.device),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 

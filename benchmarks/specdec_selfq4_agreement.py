@@ -6,6 +6,7 @@ position. The embedded SmolLM2 comes from a Q4_1 / Q8_0 GGUF file, so its draft 
 trained here in fp32 (shepherd's policy) is a real 4-bit approximation.
 Run: HF_HUB_OFFLINE=1 python benchmarks/specdec_selfq4_agreement.py [--model PATH ...] [--json benchmarks/results/specdec_selfq4_agreement.json]
 """
+
 import argparse
 import json
 
@@ -24,8 +25,8 @@ def agreement(lm, seqs: list[list[int]], start: list[int]) -> float:
     with torch.inference_mode():
         for s, p in zip(seqs, start):
             ids = torch.tensor([s])
-            a = chunked_forward(m, ids, m.new_cache(1, len(s)), logits="all").logits[0, p - 1:-1].argmax(-1)
-            b = chunked_forward(d, ids, d.new_cache(1, len(s)), logits="all").logits[0, p - 1:-1].argmax(-1)
+            a = chunked_forward(m, ids, m.new_cache(1, len(s)), logits="all").logits[0, p - 1 : -1].argmax(-1)
+            b = chunked_forward(d, ids, d.new_cache(1, len(s)), logits="all").logits[0, p - 1 : -1].argmax(-1)
             hit += int((a == b).sum())
             tot += len(a)
     return hit / tot, tot
@@ -33,7 +34,9 @@ def agreement(lm, seqs: list[list[int]], start: list[int]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", action="append", default=None, help="model alias or path (repeatable; default: the embedded SmolLM2)")
+    ap.add_argument(
+        "--model", action="append", default=None, help="model alias or path (repeatable; default: the embedded SmolLM2)"
+    )
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -47,10 +50,20 @@ def main() -> None:
         else:
             bos = lm.config.bos_token_id if lm.config.bos_token_id is not None else 0
             prompts = [[bos]] * 16
-            outs = generate(lm.model, tok, prompts, SamplingParams(max_new_tokens=96, temperature=1.0, seed=0, ignore_eos=True))
+            outs = generate(
+                lm.model, tok, prompts, SamplingParams(max_new_tokens=96, temperature=1.0, seed=0, ignore_eos=True)
+            )
         seqs = [p + o.token_ids for p, o in zip(prompts, outs)]
         a, n = agreement(lm, seqs, [len(p) for p in prompts])
-        rows.append({"model": name, "positions": n, "top1_agreement": a, "hidden_size": lm.config.hidden_size, "layers": lm.config.num_layers})
+        rows.append(
+            {
+                "model": name,
+                "positions": n,
+                "top1_agreement": a,
+                "hidden_size": lm.config.hidden_size,
+                "layers": lm.config.num_layers,
+            }
+        )
         print(f"{name}: 4-bit self-draft agrees with the target's top-1 at {a:.4f} of {n} positions")
     if args.json:
         from pathlib import Path

@@ -9,6 +9,7 @@ what any small draft can reach on this target.
 
 Run: HF_HUB_OFFLINE=1 python benchmarks/specdec_target_confidence.py --json benchmarks/results/specdec_target_confidence.json
 """
+
 import argparse
 import json
 
@@ -61,23 +62,46 @@ def main() -> None:
             ans = range(P, T - 1)  # positions whose next token is an answer token
             rs = [(float(pmax[t]), bool(d_ok[t]), bool(h_ok[t]), bool(insub[target[t]])) for t in ans if t >= 1]
             pos += rs
-            per_cat[q["category"]] = {"mean_pmax": sum(r[0] for r in rs) / len(rs), "draft_top1": sum(r[1] for r in rs) / len(rs),
-                                      "head_top1": sum(r[2] for r in rs) / len(rs), "frac_pmax_below_0.5": sum(r[0] < 0.5 for r in rs) / len(rs),
-                                      "subset_coverage": sum(r[3] for r in rs) / len(rs)}
+            per_cat[q["category"]] = {
+                "mean_pmax": sum(r[0] for r in rs) / len(rs),
+                "draft_top1": sum(r[1] for r in rs) / len(rs),
+                "head_top1": sum(r[2] for r in rs) / len(rs),
+                "frac_pmax_below_0.5": sum(r[0] < 0.5 for r in rs) / len(rs),
+                "subset_coverage": sum(r[3] for r in rs) / len(rs),
+            }
     buckets = []
     for lo, hi in BUCKETS:
         b = [r for r in pos if lo <= r[0] < hi]
-        buckets.append({"target_pmax": f"[{lo}, {min(hi, 1.0)}]", "share": len(b) / len(pos), "draft_top1": sum(r[1] for r in b) / max(1, len(b)),
-                        "head_top1": sum(r[2] for r in b) / max(1, len(b)), "subset_coverage": sum(r[3] for r in b) / max(1, len(b))})
-    res = {"positions": len(pos), "mean_pmax": sum(r[0] for r in pos) / len(pos), "draft_top1": sum(r[1] for r in pos) / len(pos),
-           "head_top1": sum(r[2] for r in pos) / len(pos), "subset_coverage": sum(r[3] for r in pos) / len(pos), "by_confidence": buckets,
-           "per_category": per_cat}
-    print(f"{len(pos)} answer positions; target mean top-1 probability {res['mean_pmax']:.3f}; "
-          f"draft LM agrees {res['draft_top1']:.3f}, EAGLE head (depth 1) {res['head_top1']:.3f}; "
-          f"the target's token is in the drafts' {len(head.vocab)}-token subset at {res['subset_coverage']:.3f}")
-    print("| target top-1 prob | share of positions | draft LM top-1 | EAGLE head top-1 | token in draft subset |\n|---|---|---|---|---|")
+        buckets.append(
+            {
+                "target_pmax": f"[{lo}, {min(hi, 1.0)}]",
+                "share": len(b) / len(pos),
+                "draft_top1": sum(r[1] for r in b) / max(1, len(b)),
+                "head_top1": sum(r[2] for r in b) / max(1, len(b)),
+                "subset_coverage": sum(r[3] for r in b) / max(1, len(b)),
+            }
+        )
+    res = {
+        "positions": len(pos),
+        "mean_pmax": sum(r[0] for r in pos) / len(pos),
+        "draft_top1": sum(r[1] for r in pos) / len(pos),
+        "head_top1": sum(r[2] for r in pos) / len(pos),
+        "subset_coverage": sum(r[3] for r in pos) / len(pos),
+        "by_confidence": buckets,
+        "per_category": per_cat,
+    }
+    print(
+        f"{len(pos)} answer positions; target mean top-1 probability {res['mean_pmax']:.3f}; "
+        f"draft LM agrees {res['draft_top1']:.3f}, EAGLE head (depth 1) {res['head_top1']:.3f}; "
+        f"the target's token is in the drafts' {len(head.vocab)}-token subset at {res['subset_coverage']:.3f}"
+    )
+    print(
+        "| target top-1 prob | share of positions | draft LM top-1 | EAGLE head top-1 | token in draft subset |\n|---|---|---|---|---|"
+    )
     for b in buckets:
-        print(f"| {b['target_pmax']} | {b['share']:.2f} | {b['draft_top1']:.2f} | {b['head_top1']:.2f} | {b['subset_coverage']:.2f} |")
+        print(
+            f"| {b['target_pmax']} | {b['share']:.2f} | {b['draft_top1']:.2f} | {b['head_top1']:.2f} | {b['subset_coverage']:.2f} |"
+        )
     if args.json:
         from pathlib import Path
 

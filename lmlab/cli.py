@@ -15,9 +15,15 @@ import typer
 from . import SYSTEMS
 from .core.errors import LmlabError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="lmlab: ten LLM research systems on one fast native engine. Offline by default.")
-bench_app = typer.Typer(no_args_is_help=True, help="Speed and memory benchmarks (ratios against a baseline run alongside).")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="lmlab: ten LLM research systems on one fast native engine. Offline by default.",
+)
+bench_app = typer.Typer(
+    no_args_is_help=True, help="Speed and memory benchmarks (ratios against a baseline run alongside)."
+)
 app.add_typer(bench_app, name="bench")
 
 
@@ -35,7 +41,9 @@ def _system_module(system: str, part: str):
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="Prompt text (sent through the chat template unless --raw)."),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Alias, checkpoint dir, .gguf file or hub id."),
+    model: str = typer.Option(
+        "smollm2-135m-instruct", "--model", "-m", help="Alias, checkpoint dir, .gguf file or hub id."
+    ),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
     temperature: float = typer.Option(0.0, "--temperature", "-t"),
     top_k: int = typer.Option(0, "--top-k"),
@@ -44,15 +52,23 @@ def generate(
     stop: list[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16"),
-    speculative: Optional[str] = typer.Option(None, "--speculative", help="sps | pld | eagle | eagle_pld | selfq4 (lossless speculative decoding)."),
-    quant: Optional[str] = typer.Option(None, "--quant", help="int8: weight-only int8 projections (faster decode, not bit-exact); bf16: weight-only bf16, fp32 activations."),
+    speculative: Optional[str] = typer.Option(
+        None, "--speculative", help="sps | pld | eagle | eagle_pld | selfq4 (lossless speculative decoding)."
+    ),
+    quant: Optional[str] = typer.Option(
+        None,
+        "--quant",
+        help="int8: weight-only int8 projections (faster decode, not bit-exact); bf16: weight-only bf16, fp32 activations.",
+    ),
 ) -> None:
     """Generate a completion and stream it to stdout."""
     from .core.backends import LocalBackend
     from .core.engine import SamplingParams
 
     be = LocalBackend(model, dtype=dtype, speculative=speculative, quant=quant)
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=list(stop))
+    params = SamplingParams(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=list(stop)
+    )
     for delta in be.stream(prompt if raw else [{"role": "user", "content": prompt}], params):
         sys.stdout.write(delta)
         sys.stdout.flush()

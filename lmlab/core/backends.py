@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol, Sequence, Union
+from typing import Any, Protocol, Union
 
 import torch
 
@@ -31,7 +32,9 @@ class Completion:
 class Backend(Protocol):
     name: str
 
-    def complete(self, prompts: Sequence[Prompt], params: SamplingParams, json_schema: dict | None = None) -> list[Completion]:
+    def complete(
+        self, prompts: Sequence[Prompt], params: SamplingParams, json_schema: dict | None = None
+    ) -> list[Completion]:
         """Complete every prompt (batched / concurrent as the backend allows), in order."""
 
     def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[str]:
@@ -58,8 +61,15 @@ def auto_dtype(device: str = "cpu") -> torch.dtype:
 class LocalBackend:
     """The native engine on a local model; batches prompts `batch_size` at a time."""
 
-    def __init__(self, model: str = "smollm2-135m-instruct", dtype: str = "auto", device: str = "cpu", batch_size: int = 8,
-                 speculative: str | None = None, quant: str | None = None):
+    def __init__(
+        self,
+        model: str = "smollm2-135m-instruct",
+        dtype: str = "auto",
+        device: str = "cpu",
+        batch_size: int = 8,
+        speculative: str | None = None,
+        quant: str | None = None,
+    ):
         from .loader import load_model
 
         dt = auto_dtype(device) if dtype == "auto" else dtype
@@ -82,10 +92,12 @@ class LocalBackend:
             kw["processors"] = [json_schema_processor(self.lm.tokenizer, json_schema, len(ids))]
         return generate(self.lm.model, self.lm.tokenizer, ids, params, **kw)
 
-    def complete(self, prompts: Sequence[Prompt], params: SamplingParams, json_schema: dict | None = None) -> list[Completion]:
+    def complete(
+        self, prompts: Sequence[Prompt], params: SamplingParams, json_schema: dict | None = None
+    ) -> list[Completion]:
         out: list[Completion] = []
         for i in range(0, len(prompts), self.batch_size):
-            ids = [self.encode(p) for p in prompts[i:i + self.batch_size]]
+            ids = [self.encode(p) for p in prompts[i : i + self.batch_size]]
             for g, pi in zip(self._gen(ids, params, json_schema), ids):
                 out.append(Completion(g.text, g.finish_reason, len(pi), len(g.token_ids)))
         return out
@@ -110,8 +122,15 @@ class OpenAIBackend:
     `json_schema` goes out as `response_format` (json_schema, strict); a server that rejects it (HTTP 400/422
     naming response_format) is remembered and asked again without it, and the caller validates instead."""
 
-    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, timeout: float = 60.0,
-                 max_retries: int = 4, concurrency: int = 8):
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        concurrency: int = 8,
+    ):
         import openai
 
         key = api_key or os.environ.get("LMLAB_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
@@ -126,8 +145,14 @@ class OpenAIBackend:
     def _one(self, prompt: Prompt, params: SamplingParams, json_schema: dict | None) -> Completion:
         import openai
 
-        common: dict[str, Any] = dict(model=self.name, max_tokens=params.max_new_tokens, temperature=params.temperature,
-                                      top_p=params.top_p, stop=params.stop or None, seed=params.seed)
+        common: dict[str, Any] = dict(
+            model=self.name,
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=params.stop or None,
+            seed=params.seed,
+        )
         try:
             if isinstance(prompt, str) and json_schema is None:
                 r = self.client.completions.create(prompt=prompt, **common)
@@ -136,7 +161,14 @@ class OpenAIBackend:
                 msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
                 extra = {}
                 if json_schema is not None and self.supports_response_format:
-                    extra["response_format"] = {"type": "json_schema", "json_schema": {"name": json_schema.get("title", "output"), "schema": json_schema, "strict": True}}
+                    extra["response_format"] = {
+                        "type": "json_schema",
+                        "json_schema": {
+                            "name": json_schema.get("title", "output"),
+                            "schema": json_schema,
+                            "strict": True,
+                        },
+                    }
                 try:
                     r = self.client.chat.completions.create(messages=msgs, **common, **extra)
                 except openai.APIStatusError as e:
@@ -146,9 +178,14 @@ class OpenAIBackend:
                     r = self.client.chat.completions.create(messages=msgs, **common)
                 text, reason = r.choices[0].message.content or "", r.choices[0].finish_reason
         except openai.APIConnectionError as e:
-            raise LmlabError(f"cannot reach {self.client.base_url} ({e.__class__.__name__})", hint="is the server running? check --base-url / LMLAB_BASE_URL") from None
+            raise LmlabError(
+                f"cannot reach {self.client.base_url} ({e.__class__.__name__})",
+                hint="is the server running? check --base-url / LMLAB_BASE_URL",
+            ) from None
         except openai.AuthenticationError:
-            raise LmlabError(f"{self.client.base_url}: authentication failed", hint="set LMLAB_API_KEY or OPENAI_API_KEY") from None
+            raise LmlabError(
+                f"{self.client.base_url}: authentication failed", hint="set LMLAB_API_KEY or OPENAI_API_KEY"
+            ) from None
         except openai.APIStatusError as e:
             raise LmlabError(f"{self.client.base_url}: HTTP {e.status_code}: {str(e.message)[:200]}") from None
         u = r.usage
@@ -159,11 +196,15 @@ class OpenAIBackend:
             self.usage["requests"] += 1
         return Completion(text, reason or "stop", pt, ct)
 
-    def complete(self, prompts: Sequence[Prompt], params: SamplingParams, json_schema: dict | None = None) -> list[Completion]:
+    def complete(
+        self, prompts: Sequence[Prompt], params: SamplingParams, json_schema: dict | None = None
+    ) -> list[Completion]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(lambda p: self._one(p, params, json_schema), prompts))
 
-    def iter_complete(self, prompts: Sequence[Prompt], params: SamplingParams, json_schema: dict | None = None) -> Iterator[tuple[int, Completion]]:
+    def iter_complete(
+        self, prompts: Sequence[Prompt], params: SamplingParams, json_schema: dict | None = None
+    ) -> Iterator[tuple[int, Completion]]:
         """Yield (index, completion) as each finishes, so a caller can persist it at once. On the first
         failure the queued requests are cancelled, the in-flight ones still yielded, then the error raised."""
         pool = ThreadPoolExecutor(max_workers=self.concurrency)
@@ -187,8 +228,15 @@ class OpenAIBackend:
 
     def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[str]:
         msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        s = self.client.chat.completions.create(model=self.name, messages=msgs, max_tokens=params.max_new_tokens,
-                                                temperature=params.temperature, top_p=params.top_p, stop=params.stop or None, stream=True)
+        s = self.client.chat.completions.create(
+            model=self.name,
+            messages=msgs,
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=params.stop or None,
+            stream=True,
+        )
         for chunk in s:
             if chunk.choices and chunk.choices[0].delta.content:
                 yield chunk.choices[0].delta.content

@@ -28,15 +28,20 @@ PROMPTS = [
     "List the planets of the solar system in order.",
 ]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bfloat16, "float32-nokernels": torch.float32,
-          "bf16-weights": torch.float32}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "int8": torch.bfloat16,
+    "float32-nokernels": torch.float32,
+    "bf16-weights": torch.float32,
+}
 """Configurations by name (native side only for the last three): "int8" is weight-only int8 with bf16 activations,
 "float32-nokernels" is fp32 through torch's own ops (LMLAB_KERNELS=0), "bf16-weights" is weight-only bf16 with fp32
 activations through lmlab's kernels."""
 QUANT = {"int8": "int8", "bf16-weights": "bf16"}
 
 
-def _measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, repeats: int, q: "mp.Queue") -> None:
+def _measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, repeats: int, q: mp.Queue) -> None:
     torch.manual_seed(0)
     if dtype == "float32-nokernels":
         import os
@@ -61,8 +66,17 @@ def _measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, rep
         pad = hf.config.pad_token_id if hf.config.pad_token_id is not None else 0
         ids = torch.tensor([[pad] * (T - len(p)) + p for p in prompts])  # left padding, as HF expects
         mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
-        run = lambda: hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,  # noqa: E731
-                                  min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+
+        def run():
+            return hf.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+
     with torch.inference_mode():
         run()  # warm-up
         best = float("inf")
@@ -95,8 +109,14 @@ def measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, repe
     return out
 
 
-def run_decode_bench(model: str, batches: list[int], new_tokens: int, repeats: int, json_path: Path | None,
-                     pairs: list[tuple[str, str]] | None = None) -> list[dict]:
+def run_decode_bench(
+    model: str,
+    batches: list[int],
+    new_tokens: int,
+    repeats: int,
+    json_path: Path | None,
+    pairs: list[tuple[str, str]] | None = None,
+) -> list[dict]:
     """Rows per (batch, native dtype, HF dtype). Default pairs: each side's default dtype on this machine
     (native 'auto' = fp32 where lmlab's CPU kernels run, else bf16 where the CPU has native bf16; HF fp32), then
     both fp32, native fp32 without lmlab's kernels (the baseline they are measured against), native weight-only
@@ -106,22 +126,46 @@ def run_decode_bench(model: str, batches: list[int], new_tokens: int, repeats: i
 
     resolve(model)  # convert/cache once, before timing
     auto = "bfloat16" if auto_dtype() == torch.bfloat16 else "float32"
-    pairs = pairs or list(dict.fromkeys([(auto, "float32"), ("float32", "float32"), ("float32-nokernels", "float32"), ("bf16-weights", "float32"),
-                                         ("bfloat16", "bfloat16"), ("int8", "float32")]))
+    pairs = pairs or list(
+        dict.fromkeys(
+            [
+                (auto, "float32"),
+                ("float32", "float32"),
+                ("float32-nokernels", "float32"),
+                ("bf16-weights", "float32"),
+                ("bfloat16", "bfloat16"),
+                ("int8", "float32"),
+            ]
+        )
+    )
     rows = []
-    print(f"{'batch':>5} {'native':>9} {'hf':>9} {'native tok/s':>13} {'hf tok/s':>9} {'speedup':>8} {'rss MB':>7} {'hf rss MB':>9}")
+    print(
+        f"{'batch':>5} {'native':>9} {'hf':>9} {'native tok/s':>13} {'hf tok/s':>9} {'speedup':>8} {'rss MB':>7} {'hf rss MB':>9}"
+    )
     for batch in batches:
         for nd, hd in pairs:
             n = measure("native", model, nd, batch, new_tokens, repeats)
             h = measure("hf", model, hd, batch, new_tokens, repeats)
-            row = {"model": model, "batch": batch, "native_dtype": nd, "hf_dtype": hd, "new_tokens": new_tokens,
-                   "native_tokens_per_s": round(n["tokens_per_s"], 2), "hf_tokens_per_s": round(h["tokens_per_s"], 2),
-                   "speedup_vs_hf": round(n["tokens_per_s"] / h["tokens_per_s"], 3),
-                   "peak_rss_mb": round(n["peak_rss_mb"], 1), "hf_peak_rss_mb": round(h["peak_rss_mb"], 1),
-                   "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+            row = {
+                "model": model,
+                "batch": batch,
+                "native_dtype": nd,
+                "hf_dtype": hd,
+                "new_tokens": new_tokens,
+                "native_tokens_per_s": round(n["tokens_per_s"], 2),
+                "hf_tokens_per_s": round(h["tokens_per_s"], 2),
+                "speedup_vs_hf": round(n["tokens_per_s"] / h["tokens_per_s"], 3),
+                "peak_rss_mb": round(n["peak_rss_mb"], 1),
+                "hf_peak_rss_mb": round(h["peak_rss_mb"], 1),
+                "threads": torch.get_num_threads(),
+                "cpu": platform.processor() or platform.machine(),
+            }
             rows.append(row)
-            print(f"{batch:>5} {nd:>9} {hd:>9} {row['native_tokens_per_s']:>13.1f} {row['hf_tokens_per_s']:>9.1f} "
-                  f"{row['speedup_vs_hf']:>7.2f}x {row['peak_rss_mb']:>7.0f} {row['hf_peak_rss_mb']:>9.0f}", flush=True)
+            print(
+                f"{batch:>5} {nd:>9} {hd:>9} {row['native_tokens_per_s']:>13.1f} {row['hf_tokens_per_s']:>9.1f} "
+                f"{row['speedup_vs_hf']:>7.2f}x {row['peak_rss_mb']:>7.0f} {row['hf_peak_rss_mb']:>9.0f}",
+                flush=True,
+            )
     if json_path is not None:
         atomic_write_text(Path(json_path), json.dumps(rows, indent=2))
     return rows

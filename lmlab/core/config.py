@@ -35,7 +35,7 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # the untouched HF config, for round trips
 
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any], source: str = "config.json") -> "ModelConfig":
+    def from_hf(cls, cfg: dict[str, Any], source: str = "config.json") -> ModelConfig:
         """Build from a Hugging Face config dict; unknown architectures fail with a clear message."""
         mtype = cfg.get("model_type")
         archs = set(cfg.get("architectures") or [])
@@ -72,10 +72,12 @@ class ModelConfig:
                 extra=cfg,
             )
         except KeyError as e:
-            raise LmlabError(f"{source}: missing field {e.args[0]!r}", hint="is this a causal-LM config.json?") from None
+            raise LmlabError(
+                f"{source}: missing field {e.args[0]!r}", hint="is this a causal-LM config.json?"
+            ) from None
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "ModelConfig":
+    def from_file(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
         try:
             return cls.from_hf(json.loads(path.read_text()), source=str(path))
@@ -84,18 +86,32 @@ class ModelConfig:
 
     def to_hf(self) -> dict[str, Any]:
         """A Hugging Face config dict (Llama/Mistral/Qwen2) describing the same model."""
-        arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}[self.model_type]
+        arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}[
+            self.model_type
+        ]
         rope = {"rope_theta": self.rope_theta, "rope_type": "default", **(self.rope_scaling or {})}
         out = dict(self.extra)
         out.update(
-            architectures=[arch], model_type=self.model_type, vocab_size=self.vocab_size, hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate_size, num_hidden_layers=self.num_layers,
-            num_attention_heads=self.num_heads, num_key_value_heads=self.num_kv_heads, head_dim=self.head_dim,
-            rms_norm_eps=self.rms_norm_eps, rope_theta=self.rope_theta, rope_parameters=rope,
+            architectures=[arch],
+            model_type=self.model_type,
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            rms_norm_eps=self.rms_norm_eps,
+            rope_theta=self.rope_theta,
+            rope_parameters=rope,
             rope_scaling=None if not self.rope_scaling else rope,
-            max_position_embeddings=self.max_position_embeddings, tie_word_embeddings=self.tie_word_embeddings,
-            attention_bias=self.attention_bias, mlp_bias=self.mlp_bias, hidden_act="silu",
-            bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id,
+            max_position_embeddings=self.max_position_embeddings,
+            tie_word_embeddings=self.tie_word_embeddings,
+            attention_bias=self.attention_bias,
+            mlp_bias=self.mlp_bias,
+            hidden_act="silu",
+            bos_token_id=self.bos_token_id,
+            eos_token_id=self.eos_token_id,
         )
         out.pop("quantization_config", None)
         return out

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from .errors import LmlabError
 from .paths import atomic_write_text
 
 
-def iter_jsonl(path: str | Path, hint: str = "each line must be one JSON object") -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_jsonl(
+    path: str | Path, hint: str = "each line must be one JSON object"
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; malformed lines raise a one-line LmlabError."""
     path = Path(path)
     if not path.exists():

@@ -6,8 +6,9 @@ right-aligned in the cache (each row keeps its own length), so no left padding a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -96,11 +97,19 @@ def chunked_forward(model: Transformer, ids: Tensor, cache: KVCache, **kw: Any) 
     decoding: the cache a prompt leaves is the one decoding it would have left."""
     B, T = ids.shape
     step = max(1, kernels.MAX_ROWS // B)
-    fast = kernels.enabled() and model.dtype == torch.float32 and model.device.type == "cpu" and not torch.is_grad_enabled()
+    fast = (
+        kernels.enabled()
+        and model.dtype == torch.float32
+        and model.device.type == "cpu"
+        and not torch.is_grad_enabled()
+    )
     if T <= step or not fast or set(kw) - {"output_hidden_states", "logits"}:
         return model(ids, cache, **kw)
     want = kw.pop("logits", "last")
-    outs = [model(ids[:, i:i + step], cache, logits=want if want == "all" or i + step >= T else "none", **kw) for i in range(0, T, step)]
+    outs = [
+        model(ids[:, i : i + step], cache, logits=want if want == "all" or i + step >= T else "none", **kw)
+        for i in range(0, T, step)
+    ]
     hidden = None
     if outs[0].hidden_states is not None:
         hidden = [torch.cat([o.hidden_states[j] for o in outs], 1) for j in range(len(outs[0].hidden_states))]
@@ -120,21 +129,26 @@ def prefill_forward(model: Transformer, cache: KVCache, prompts: Sequence[Sequen
     lens = [len(p) for p in prompts]
     B, T = len(prompts), max(lens)
     dev = model.device
-    if (B > 1 and set(kw) <= {"output_hidden_states"} and cache.key_bias is None and not any(cache.lengths)
-            and B * T >= PAD_WASTE * sum(lens)):
+    if (
+        B > 1
+        and set(kw) <= {"output_hidden_states"}
+        and cache.key_bias is None
+        and not any(cache.lengths)
+        and B * T >= PAD_WASTE * sum(lens)
+    ):
         outs = []
         for b, p in enumerate(prompts):
             one = model.new_cache(1, len(p))
             outs.append(chunked_forward(model, torch.tensor([list(p)], device=dev), one, **kw))
             for i in range(len(cache.k)):
-                cache.k[i][b, :, :len(p)] = one.k[i][0]
-                cache.v[i][b, :, :len(p)] = one.v[i][0]
+                cache.k[i][b, :, : len(p)] = one.k[i][0]
+                cache.v[i][b, :, : len(p)] = one.v[i][0]
             cache.lengths[b] = len(p)
 
         def padded(rows: list[Tensor]) -> Tensor:
             x = rows[0].new_zeros(B, T, rows[0].shape[-1])
             for b, r in enumerate(rows):
-                x[b, :r.shape[1]] = r[0]
+                x[b, : r.shape[1]] = r[0]
             return x
 
         states = None
@@ -169,7 +183,9 @@ def eos_ids(model: Transformer, tokenizer: Any) -> list[int]:
 def encode_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
     """Token ids of a chat, through the model's own chat template (identical to transformers')."""
     if not getattr(tokenizer, "chat_template", None):
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + ("assistant: " if add_generation_prompt else "")
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + (
+            "assistant: " if add_generation_prompt else ""
+        )
         return tokenizer(text, add_special_tokens=False).input_ids
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     return tokenizer(text, add_special_tokens=False).input_ids
@@ -196,10 +212,10 @@ class _RowText:
         self.ids.append(token_id)
         if self.tok is None:
             return ""
-        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        window = self._decode(self.ids[self.prefix_offset:])
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        window = self._decode(self.ids[self.prefix_offset :])
         if len(window) > len(prefix) and not window.endswith("\ufffd"):  # a complete UTF-8 sequence arrived
-            added = window[len(prefix):]
+            added = window[len(prefix) :]
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
             start = max(0, len(self.text) - max((len(x) for x in self.stop), default=0))
             self.text += added
@@ -215,12 +231,12 @@ class _RowText:
                     if self.text.endswith(s[:k]):
                         safe = min(safe, len(self.text) - k)
                         break
-        delta = self.text[self.emitted:safe]
+        delta = self.text[self.emitted : safe]
         self.emitted = max(self.emitted, safe)
         return delta
 
     def flush(self) -> str:
-        delta = self.text[self.emitted:]
+        delta = self.text[self.emitted :]
         self.emitted = len(self.text)
         return delta
 
@@ -233,7 +249,9 @@ def check_context(model: Transformer, prompts: Sequence[Sequence[int]], max_new_
     if any(len(p) == 0 for p in prompts):
         raise LmlabError("empty prompt", hint="pass at least one token of text")
     if longest >= ctx:
-        raise LmlabError(f"prompt of {longest} tokens does not fit the context window of {ctx} tokens", hint="shorten the prompt")
+        raise LmlabError(
+            f"prompt of {longest} tokens does not fit the context window of {ctx} tokens", hint="shorten the prompt"
+        )
     return min(max_new_tokens, ctx - longest)
 
 
@@ -243,13 +261,19 @@ their tokens so far, `logits` [len(rows), V]. Used for grammar-constrained decod
 
 
 def stream_generate(
-    model: Transformer, tokenizer: Any, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None,
-    processors: Sequence[LogitsProcessor] = (), **forward_kw: Any
+    model: Transformer,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams | None = None,
+    processors: Sequence[LogitsProcessor] = (),
+    **forward_kw: Any,
 ) -> Iterator[StreamEvent]:
     """Yield text deltas per row as tokens are produced; each row ends with one event carrying finish_reason."""
     p = params or SamplingParams()
     max_new = check_context(model, prompts, p.max_new_tokens)
-    stops = set([] if p.ignore_eos else (p.stop_token_ids if p.stop_token_ids is not None else eos_ids(model, tokenizer)))
+    stops = set(
+        [] if p.ignore_eos else (p.stop_token_ids if p.stop_token_ids is not None else eos_ids(model, tokenizer))
+    )
     gen = make_generator(p.seed, model.device)
     B = len(prompts)
     rows = list(range(B))  # active row -> original index
@@ -286,8 +310,12 @@ def stream_generate(
 
 
 def generate(
-    model: Transformer, tokenizer: Any, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None,
-    processors: Sequence[LogitsProcessor] = (), **forward_kw: Any
+    model: Transformer,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams | None = None,
+    processors: Sequence[LogitsProcessor] = (),
+    **forward_kw: Any,
 ) -> list[Generation]:
     """Generate for a batch of token-id prompts (different lengths allowed)."""
     return collect(stream_generate(model, tokenizer, prompts, params, processors, **forward_kw), prompts)

@@ -53,8 +53,14 @@ def _build():
     flags = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp"]
     tag = hashlib.sha256(_SOURCE.read_bytes() + torch.__version__.encode() + " ".join(flags).encode()).hexdigest()[:12]
     folder = cache_dir("ext", f"decode_kernels-{tag}")
-    return load(f"lmlab_decode_kernels_{tag}", [str(_SOURCE)], build_directory=str(folder), extra_cflags=flags,
-                extra_ldflags=["-fopenmp"], verbose=False)
+    return load(
+        f"lmlab_decode_kernels_{tag}",
+        [str(_SOURCE)],
+        build_directory=str(folder),
+        extra_cflags=flags,
+        extra_ldflags=["-fopenmp"],
+        verbose=False,
+    )
 
 
 def extension():
@@ -71,7 +77,11 @@ def extension():
     try:
         _EXT = _build()
     except Exception as e:  # no compiler, no ninja: fall back to F.linear, slower but identical in meaning
-        log.warning("lmlab kernels off: building %s failed (%s)", _SOURCE.name, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        log.warning(
+            "lmlab kernels off: building %s failed (%s)",
+            _SOURCE.name,
+            str(e).splitlines()[0] if str(e) else type(e).__name__,
+        )
     return _EXT
 
 
@@ -81,8 +91,13 @@ def enabled() -> bool:
 
 def usable(x: Tensor, rows: int, weight: Tensor | None = None) -> bool:
     """Kernel path: fp32 CPU activations, at most MAX_ROWS rows, no autograd, kernels built."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and rows <= MAX_ROWS
-            and not (torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))) and enabled())
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and rows <= MAX_ROWS
+        and not (torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)))
+        and enabled()
+    )
 
 
 def attention_ok(x: Tensor, rows: int, head_dim: int) -> bool:
@@ -162,7 +177,9 @@ def pack_q8(weight: Tensor) -> tuple[Tensor, Tensor]:
 def dequant_q4(codes: Tensor, dm: Tensor, n: int) -> Tensor:
     """The [n, K] weights a `pack_q4` result stands for (tests and agreement checks)."""
     blocks, k, _ = codes.shape
-    q = torch.cat([codes[..., :16] & 15, codes[..., :16] >> 4, codes[..., 16:] & 15, codes[..., 16:] >> 4], -1).float()  # [blocks, K, 64]
+    q = torch.cat(
+        [codes[..., :16] & 15, codes[..., :16] >> 4, codes[..., 16:] & 15, codes[..., 16:] >> 4], -1
+    ).float()  # [blocks, K, 64]
     d, m = dm[:, :, 0].float(), dm[:, :, 1].float()  # [blocks, K/32, 64]
     w = q * d.repeat_interleave(32, 1) + m.repeat_interleave(32, 1)
     return w.transpose(1, 2).reshape(blocks * COLS, k)[:n]
@@ -184,7 +201,11 @@ def packed_linear_q4(x: Tensor, packed: tuple[Tensor, Tensor], n: int, bias: Ten
 
 def fused_ok(x: Tensor) -> bool:
     """Whole decoder blocks in one call (`decoder_block`): kernel-path activations, unless LMLAB_FUSED=0."""
-    return usable(x, x.numel() // x.shape[-1]) and os.environ.get("LMLAB_FUSED", "1") != "0" and hasattr(_EXT, "decoder_block")
+    return (
+        usable(x, x.numel() // x.shape[-1])
+        and os.environ.get("LMLAB_FUSED", "1") != "0"
+        and hasattr(_EXT, "decoder_block")
+    )
 
 
 def decoder_block(x: Tensor, *args) -> Tensor:

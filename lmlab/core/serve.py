@@ -83,7 +83,9 @@ def _schema_of(response_format: dict[str, Any] | None) -> dict | None:
         if not isinstance(schema, dict):
             raise ApiError(400, "response_format.json_schema.schema must be a JSON schema object", "response_format")
         return schema
-    raise ApiError(400, f"response_format.type {kind!r} is not supported (use text, json_object or json_schema)", "response_format")
+    raise ApiError(
+        400, f"response_format.type {kind!r} is not supported (use text, json_object or json_schema)", "response_format"
+    )
 
 
 # ------------------------------------------------------------------------------------------ engine worker
@@ -151,8 +153,15 @@ class BatchingEngine:
 
 
 # ------------------------------------------------------------------------------------------ app
-def create_app(lm: Any, model_name: str = "smollm2-135m-instruct", api_key: str | None = None, max_tokens_limit: int = 2048,
-               max_body_bytes: int = 1 << 20, max_batch: int = 16, batch_window_s: float = 0.01) -> Any:
+def create_app(
+    lm: Any,
+    model_name: str = "smollm2-135m-instruct",
+    api_key: str | None = None,
+    max_tokens_limit: int = 2048,
+    max_body_bytes: int = 1 << 20,
+    max_batch: int = 16,
+    batch_window_s: float = 0.01,
+) -> Any:
     """The FastAPI app serving `lm` (a loader.LoadedModel) under `model_name`."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -165,7 +174,9 @@ def create_app(lm: Any, model_name: str = "smollm2-135m-instruct", api_key: str 
     tok = lm.tokenizer
 
     def err(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status_code=status)
+        return JSONResponse(
+            {"error": {"message": message, "type": kind, "param": param, "code": None}}, status_code=status
+        )
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, e: ApiError) -> JSONResponse:
@@ -182,7 +193,9 @@ def create_app(lm: Any, model_name: str = "smollm2-135m-instruct", api_key: str 
         if api_key is not None:
             auth = request.headers.get("authorization", "")
             if not secrets.compare_digest(auth.encode(), f"Bearer {api_key}".encode()):
-                return err(401, "invalid or missing API key (send 'Authorization: Bearer <key>')", kind="authentication_error")
+                return err(
+                    401, "invalid or missing API key (send 'Authorization: Bearer <key>')", kind="authentication_error"
+                )
         if request.method == "POST":
             size = request.headers.get("content-length", "")
             if not size.isdigit():
@@ -193,17 +206,32 @@ def create_app(lm: Any, model_name: str = "smollm2-135m-instruct", api_key: str 
 
     def check_model(name: str | None) -> None:
         if name is not None and name != model_name:
-            raise ApiError(404, f"model {name!r} is not served here (this server serves {model_name!r})", "model", "model_not_found")
+            raise ApiError(
+                404,
+                f"model {name!r} is not served here (this server serves {model_name!r})",
+                "model",
+                "model_not_found",
+            )
 
     def params_of(r: _Req, max_tokens: int | None, prompt_len: int) -> SamplingParams:
         if prompt_len == 0:
             raise ApiError(400, "empty prompt", "prompt")
         if prompt_len >= ctx_len:
-            raise ApiError(400, f"prompt of {prompt_len} tokens does not fit the context window of {ctx_len} tokens", "messages")
+            raise ApiError(
+                400, f"prompt of {prompt_len} tokens does not fit the context window of {ctx_len} tokens", "messages"
+            )
         if max_tokens is not None and max_tokens > max_tokens_limit:
-            raise ApiError(400, f"max_tokens={max_tokens} exceeds this server's limit of {max_tokens_limit}", "max_tokens")
+            raise ApiError(
+                400, f"max_tokens={max_tokens} exceeds this server's limit of {max_tokens_limit}", "max_tokens"
+            )
         stop = [r.stop] if isinstance(r.stop, str) else list(r.stop or [])
-        return SamplingParams(max_new_tokens=max_tokens or max_tokens_limit, temperature=r.temperature, top_p=r.top_p, seed=r.seed, stop=stop)
+        return SamplingParams(
+            max_new_tokens=max_tokens or max_tokens_limit,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            seed=r.seed,
+            stop=stop,
+        )
 
     async def run(prompt: list[int], n: int, params: SamplingParams, schema: dict | None) -> asyncio.Queue:
         events: asyncio.Queue = asyncio.Queue()
@@ -253,19 +281,36 @@ def create_app(lm: Any, model_name: str = "smollm2-135m-instruct", api_key: str 
                 compile_schema(tok, schema, lm.model.cfg.vocab_size)
             except LmlabError as e:
                 raise ApiError(400, str(e), "response_format") from None
-        ids = encode_chat(tok, [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in r.messages])
+        ids = encode_chat(
+            tok, [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in r.messages]
+        )
         params = params_of(r, r.max_completion_tokens or r.max_tokens, len(ids))
         events = await run(ids, r.n, params, schema)
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if r.stream:
+
             def chunk(i: int, text: str, reason: str | None) -> dict:
-                return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                        "choices": [{"index": i, "delta": {"role": "assistant", "content": text}, "finish_reason": reason}]}
+                return {
+                    "id": rid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model_name,
+                    "choices": [{"index": i, "delta": {"role": "assistant", "content": text}, "finish_reason": reason}],
+                }
+
             return sse(events, r.n, chunk)
         texts, reasons, ntok = await collect(events, r.n)
-        return {"id": rid, "object": "chat.completion", "created": created, "model": model_name,
-                "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f} for i, (t, f) in enumerate(zip(texts, reasons))],
-                "usage": {"prompt_tokens": len(ids), "completion_tokens": ntok, "total_tokens": len(ids) + ntok}}
+        return {
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model_name,
+            "choices": [
+                {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f}
+                for i, (t, f) in enumerate(zip(texts, reasons))
+            ],
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": ntok, "total_tokens": len(ids) + ntok},
+        }
 
     @app.post("/v1/completions")
     async def completions(r: CompletionRequest) -> Any:
@@ -278,14 +323,26 @@ def create_app(lm: Any, model_name: str = "smollm2-135m-instruct", api_key: str 
         events = await run(ids, r.n, params, None)
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if r.stream:
+
             def chunk(i: int, text: str, reason: str | None) -> dict:
-                return {"id": rid, "object": "text_completion", "created": created, "model": model_name,
-                        "choices": [{"index": i, "text": text, "finish_reason": reason}]}
+                return {
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": model_name,
+                    "choices": [{"index": i, "text": text, "finish_reason": reason}],
+                }
+
             return sse(events, r.n, chunk)
         texts, reasons, ntok = await collect(events, r.n)
-        return {"id": rid, "object": "text_completion", "created": created, "model": model_name,
-                "choices": [{"index": i, "text": t, "finish_reason": f} for i, (t, f) in enumerate(zip(texts, reasons))],
-                "usage": {"prompt_tokens": len(ids), "completion_tokens": ntok, "total_tokens": len(ids) + ntok}}
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": model_name,
+            "choices": [{"index": i, "text": t, "finish_reason": f} for i, (t, f) in enumerate(zip(texts, reasons))],
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": ntok, "total_tokens": len(ids) + ntok},
+        }
 
     return app
 
@@ -307,7 +364,7 @@ class ServerThread:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://{host}:{port}/v1"
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
@@ -327,10 +384,14 @@ def register(app: Any) -> None:
 
     @app.command()
     def serve(
-        model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Alias, checkpoint dir, .gguf file or hub id."),
+        model: str = typer.Option(
+            "smollm2-135m-instruct", "--model", "-m", help="Alias, checkpoint dir, .gguf file or hub id."
+        ),
         host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default; 0.0.0.0 exposes it)."),
         port: int = typer.Option(8000, "--port"),
-        api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LMLAB_SERVE_API_KEY", help="Require 'Authorization: Bearer KEY'."),
+        api_key: Optional[str] = typer.Option(
+            None, "--api-key", envvar="LMLAB_SERVE_API_KEY", help="Require 'Authorization: Bearer KEY'."
+        ),
         max_tokens: int = typer.Option(2048, "--max-tokens", help="Largest max_tokens a request may ask for."),
         max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes"),
         max_batch: int = typer.Option(16, "--max-batch", help="Rows decoded together."),
@@ -346,6 +407,13 @@ def register(app: Any) -> None:
         if max_tokens < 1 or max_batch < 1:
             raise LmlabError("--max-tokens and --max-batch must be >= 1")
         lm = load_model(model, dtype=auto_dtype(device) if dtype == "auto" else dtype, device=device)
-        app_ = create_app(lm, model_name=model, api_key=api_key, max_tokens_limit=max_tokens, max_body_bytes=max_body_bytes, max_batch=max_batch)
+        app_ = create_app(
+            lm,
+            model_name=model,
+            api_key=api_key,
+            max_tokens_limit=max_tokens,
+            max_body_bytes=max_body_bytes,
+            max_batch=max_batch,
+        )
         typer.echo(f"serving {model} at http://{host}:{port}/v1", err=True)
         uvicorn.run(app_, host=host, port=port, log_level="warning")

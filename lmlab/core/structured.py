@@ -36,8 +36,10 @@ def _compiled(tok_id: int, vocab_size: int, schema_json: str) -> Any:
         # any_whitespace=False: compact JSON, so a weak model cannot loop on whitespace inside the object
         return _compiler(tok_id, vocab_size).compile_json_schema(schema_json, any_whitespace=False)
     except Exception as e:  # xgrammar raises RuntimeError/ValueError subclasses for unsupported schemas
-        raise LmlabError(f"json schema: cannot compile ({str(e).splitlines()[0][:160]})",
-                         hint="use a JSON schema subset xgrammar supports (objects, arrays, strings, numbers, enums)") from None
+        raise LmlabError(
+            f"json schema: cannot compile ({str(e).splitlines()[0][:160]})",
+            hint="use a JSON schema subset xgrammar supports (objects, arrays, strings, numbers, enums)",
+        ) from None
 
 
 def compile_schema(tokenizer: Any, schema: dict, vocab_size: int) -> Any:
@@ -75,7 +77,7 @@ class JsonSchemaProcessor:
         done: list[int] = []
         for j, (r, toks) in enumerate(zip(rows, generated)):
             m = self.matchers[r]
-            for t in toks[self.accepted[r]:]:
+            for t in toks[self.accepted[r] :]:
                 if not m.accept_token(t):
                     raise RuntimeError(f"row {r}: token {t} violates the grammar (was the mask bypassed?)")
             self.accepted[r] = len(toks)
@@ -87,7 +89,9 @@ class JsonSchemaProcessor:
         if len(done) < len(rows):
             mask = self.bitmask[: len(rows)].to(out.device, non_blocking=True)
             closed = set(done)
-            xgr.apply_token_bitmask_inplace(out, mask, vocab_size=self.vocab_size, indices=[j for j in range(len(rows)) if j not in closed])
+            xgr.apply_token_bitmask_inplace(
+                out, mask, vocab_size=self.vocab_size, indices=[j for j in range(len(rows)) if j not in closed]
+            )
         for j in done:  # the value is closed: only EOS
             out[j].fill_(float("-inf"))
             out[j, self.eos] = 0.0

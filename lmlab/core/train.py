@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -108,11 +109,14 @@ def train(
 
 def lm_loss(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
     """Next-token cross-entropy; `targets` are already shifted (targets[t] = input[t+1])."""
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=ignore_index)
+    return nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=ignore_index
+    )
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, special_tokens: list[str] | None = None,
-                        chat_template: str | None = None) -> Any:
+def train_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int, special_tokens: list[str] | None = None, chat_template: str | None = None
+) -> Any:
     """Byte-level BPE trained with `tokenizers`, wrapped as a transformers PreTrainedTokenizerFast
     (so it saves/loads with the checkpoint like any HF tokenizer)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -122,9 +126,16 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, special_tokens: l
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tk.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=specials[0], pad_token=specials[1] if len(specials) > 1 else specials[0])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tk, eos_token=specials[0], pad_token=specials[1] if len(specials) > 1 else specials[0]
+    )
     if chat_template:
         fast.chat_template = chat_template
     return fast

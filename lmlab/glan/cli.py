@@ -19,13 +19,19 @@ def _backend(backend: str, model: str, concurrency: int, batch_size: int, api_ke
 
 
 def register(app: typer.Typer) -> None:
-    sub = typer.Typer(no_args_is_help=True, help="GLAN: taxonomy -> subjects -> syllabus -> homework Q&A (arXiv:2402.13064).")
+    sub = typer.Typer(
+        no_args_is_help=True, help="GLAN: taxonomy -> subjects -> syllabus -> homework Q&A (arXiv:2402.13064)."
+    )
     app.add_typer(sub, name="glan")
 
     @sub.command("run")
     def run(
-        out: Path = typer.Option(Path("glan-out"), "--out", "-o", help="Run folder (holds the call cache: rerun to resume)."),
-        taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", help="YAML field -> sub-field -> disciplines (default: built-in)."),
+        out: Path = typer.Option(
+            Path("glan-out"), "--out", "-o", help="Run folder (holds the call cache: rerun to resume)."
+        ),
+        taxonomy: Optional[Path] = typer.Option(
+            None, "--taxonomy", help="YAML field -> sub-field -> disciplines (default: built-in)."
+        ),
         only: list[str] = typer.Option([], "--discipline", help="Restrict to these disciplines (repeatable)."),
         backend: str = typer.Option("local", "--backend", "-b", help="local | openai | http(s)://host/v1"),
         model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
@@ -38,10 +44,16 @@ def register(app: typer.Typer) -> None:
         concurrency: int = typer.Option(16, "--concurrency", help="In-flight HTTP requests."),
         batch_size: int = typer.Option(8, "--batch-size", help="Rows per batch on the local engine."),
         max_requests: Optional[int] = typer.Option(None, "--max-requests", help="Stop after this many new LLM calls."),
-        max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop after this many new prompt+completion tokens."),
-        decontaminate: list[Path] = typer.Option([], "--decontaminate", help="Benchmark JSONL to decontaminate against (repeatable)."),
+        max_tokens: Optional[int] = typer.Option(
+            None, "--max-tokens", help="Stop after this many new prompt+completion tokens."
+        ),
+        decontaminate: list[Path] = typer.Option(
+            [], "--decontaminate", help="Benchmark JSONL to decontaminate against (repeatable)."
+        ),
         ngram: int = typer.Option(10, "--ngram", help="Word n-gram length for decontamination."),
-        export_batch: Optional[Path] = typer.Option(None, "--export-batch", help="Write the next stage's pending calls as Batch API JSONL instead of calling."),
+        export_batch: Optional[Path] = typer.Option(
+            None, "--export-batch", help="Write the next stage's pending calls as Batch API JSONL instead of calling."
+        ),
         retries: int = typer.Option(2, "--retries", help="Extra attempts for a reply that fails its schema."),
         api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LMLAB_API_KEY"),
     ) -> None:
@@ -59,14 +71,36 @@ def register(app: typer.Typer) -> None:
             discs = [d for d in discs if d.name.casefold() in {o.casefold() for o in only}]
         if min(subjects, samples, sessions, questions) < 1 or retries < 0:
             raise LmlabError("--subjects, --samples, --sessions and --questions must be >= 1, --retries >= 0")
-        cfg = GlanConfig(subjects_per_discipline=subjects, subject_samples=samples, max_sessions=sessions,
-                         questions_per_subject=questions, temperature=temperature, seed=seed)
+        cfg = GlanConfig(
+            subjects_per_discipline=subjects,
+            subject_samples=samples,
+            max_sessions=sessions,
+            questions_per_subject=questions,
+            temperature=temperature,
+            seed=seed,
+        )
         be = _backend(backend, model, concurrency, batch_size, api_key)
-        res = glan_run(out, discs, be, cfg, max_requests=max_requests, max_tokens=max_tokens, decontaminate=list(decontaminate),
-                       decontam_n=ngram, export_to=export_batch, retries=retries)
+        res = glan_run(
+            out,
+            discs,
+            be,
+            cfg,
+            max_requests=max_requests,
+            max_tokens=max_tokens,
+            decontaminate=list(decontaminate),
+            decontam_n=ngram,
+            export_to=export_batch,
+            retries=retries,
+        )
         from ..core.report import markdown_table
 
-        typer.echo(markdown_table(res.stats["stages"], ["stage", "calls", "cached", "new", "invalid", "dropped", "prompt_tokens", "completion_tokens"]), err=True)
+        typer.echo(
+            markdown_table(
+                res.stats["stages"],
+                ["stage", "calls", "cached", "new", "invalid", "dropped", "prompt_tokens", "completion_tokens"],
+            ),
+            err=True,
+        )
         if res.status == "complete":
             typer.echo(markdown_table(res.stats["disciplines"], floatfmt=".2f"), err=True)
         typer.echo(f"{res.status}: {res.message}")
@@ -91,8 +125,12 @@ def register(app: typer.Typer) -> None:
     @sub.command("taxonomy")
     def taxonomy_cmd(
         file: Optional[Path] = typer.Option(None, "--file", help="Show this taxonomy (default: built-in)."),
-        generate: list[str] = typer.Option([], "--generate", help="Generate one for these fields (repeatable) with the model."),
-        out: Path = typer.Option(Path("taxonomy.yaml"), "--out", "-o", help="Where --generate writes the YAML to edit."),
+        generate: list[str] = typer.Option(
+            [], "--generate", help="Generate one for these fields (repeatable) with the model."
+        ),
+        out: Path = typer.Option(
+            Path("taxonomy.yaml"), "--out", "-o", help="Where --generate writes the YAML to edit."
+        ),
         backend: str = typer.Option("local", "--backend", "-b"),
         model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
         cache: Path = typer.Option(Path("glan-out/calls.sqlite"), "--cache"),
@@ -108,7 +146,9 @@ def register(app: typer.Typer) -> None:
             discs = generate_taxonomy(Caller(_backend(backend, model, 16, 8, None), c), list(generate))
             c.close()
             save_taxonomy(discs, out)
-            typer.echo(f"{len(discs)} disciplines -> {out} (review and edit it, then `lmlab glan run --taxonomy {out}`)")
+            typer.echo(
+                f"{len(discs)} disciplines -> {out} (review and edit it, then `lmlab glan run --taxonomy {out}`)"
+            )
             return
         for d in load_taxonomy(file or DEFAULT_TAXONOMY):
             typer.echo(f"{d.field} / {d.subfield} / {d.name}")

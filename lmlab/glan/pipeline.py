@@ -14,9 +14,10 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -57,8 +58,16 @@ class StageStats:
 class Caller:
     """Cached, validated, budgeted LLM calls on any backend (local engine or OpenAI-compatible HTTP)."""
 
-    def __init__(self, backend: Any, cache: LLMCache, seed: int = 0, retries: int = 2, max_requests: int | None = None,
-                 max_tokens: int | None = None, export: bool = False):
+    def __init__(
+        self,
+        backend: Any,
+        cache: LLMCache,
+        seed: int = 0,
+        retries: int = 2,
+        max_requests: int | None = None,
+        max_tokens: int | None = None,
+        export: bool = False,
+    ):
         self.backend, self.cache, self.seed, self.retries = backend, cache, seed, retries
         self.max_requests, self.max_tokens, self.export = max_requests, max_tokens, export
         self.stats: dict[str, StageStats] = {}
@@ -69,10 +78,16 @@ class Caller:
         # a distinct seed per sample/attempt: k samples of one prompt must differ on servers that honour seeds;
         # a retry of a greedy stage samples (greedy would only repeat the invalid reply)
         temperature = temperature if attempt == 0 else max(temperature, 0.7)
-        return SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=1.0 if temperature == 0 else 0.95,
-                              seed=self.seed + sample + 1000 * attempt)
+        return SamplingParams(
+            max_new_tokens=max_tokens,
+            temperature=temperature,
+            top_p=1.0 if temperature == 0 else 0.95,
+            seed=self.seed + sample + 1000 * attempt,
+        )
 
-    def run(self, stage: str, items: Sequence[tuple[Any, int]], schema: type[M], temperature: float, max_tokens: int) -> list[M | None]:
+    def run(
+        self, stage: str, items: Sequence[tuple[Any, int]], schema: type[M], temperature: float, max_tokens: int
+    ) -> list[M | None]:
         """items: (prompt, sample index). Returns the validated reply per item (None when all retries failed)."""
         st = self.stats.setdefault(stage, StageStats())
         t0 = time.time()
@@ -82,8 +97,17 @@ class Caller:
         for attempt in range(self.retries + 1):
             if not todo:
                 break
-            reqs = {i: Request(self.backend.name, items[i][0], asdict(self.params(temperature, max_tokens, items[i][1], attempt)), js,
-                               sample=items[i][1] + 1000 * attempt, tag=stage) for i in todo}
+            reqs = {
+                i: Request(
+                    self.backend.name,
+                    items[i][0],
+                    asdict(self.params(temperature, max_tokens, items[i][1], attempt)),
+                    js,
+                    sample=items[i][1] + 1000 * attempt,
+                    tag=stage,
+                )
+                for i in todo
+            }
             entries = self._fetch(stage, st, reqs)
             failed = []
             for i in todo:
@@ -154,7 +178,9 @@ class GlanConfig:
     questions_per_subject: int = 3
     temperature: float = 0.7  # subjects and questions (diversity)
     answer_temperature: float = 0.0
-    max_tokens: dict[str, int] = field(default_factory=lambda: {"subjects": 200, "syllabus": 320, "questions": 160, "answers": 400})
+    max_tokens: dict[str, int] = field(
+        default_factory=lambda: {"subjects": 200, "syllabus": 320, "questions": 160, "answers": 400}
+    )
     seed: int = 0
 
 
@@ -174,21 +200,34 @@ def run_pipeline(disciplines: list[Discipline], caller: Caller, cfg: GlanConfig)
     """All four stages; returns the rows (with provenance). Raises BudgetReached / PendingExport to stop early."""
     model = caller.backend.name
     # stage 1: subjects, k samples per discipline, merged with exact-name dedup, capped
-    items = [(P.subjects_prompt(d.name, cfg.subjects_per_discipline), s) for d in disciplines for s in range(cfg.subject_samples)]
+    items = [
+        (P.subjects_prompt(d.name, cfg.subjects_per_discipline), s)
+        for d in disciplines
+        for s in range(cfg.subject_samples)
+    ]
     lists = caller.run("subjects", items, SubjectList, cfg.temperature, cfg.max_tokens["subjects"])
     subjects: list[tuple[Discipline, str, str]] = []
     for di, d in enumerate(disciplines):
         seen: set[str] = set()
         for s in range(cfg.subject_samples):
             r = lists[di * cfg.subject_samples + s]
-            for sub in (r.subjects if r else []):
+            for sub in r.subjects if r else []:
                 if _norm(sub.name) not in seen and len(seen) < cfg.subjects_per_discipline:
                     seen.add(_norm(sub.name))
                     subjects.append((d, sub.name.strip(), sub.level))
     # stage 2: a syllabus per subject
-    syl = caller.run("syllabus", [(P.syllabus_prompt(d.name, s, lv, cfg.max_sessions), 0) for d, s, lv in subjects], Syllabus,
-                     0.0, cfg.max_tokens["syllabus"])
-    courses = [(d, s, lv, [x.model_dump() for x in y.sessions[: cfg.max_sessions]]) for (d, s, lv), y in zip(subjects, syl) if y]
+    syl = caller.run(
+        "syllabus",
+        [(P.syllabus_prompt(d.name, s, lv, cfg.max_sessions), 0) for d, s, lv in subjects],
+        Syllabus,
+        0.0,
+        cfg.max_tokens["syllabus"],
+    )
+    courses = [
+        (d, s, lv, [x.model_dump() for x in y.sessions[: cfg.max_sessions]])
+        for (d, s, lv), y in zip(subjects, syl)
+        if y
+    ]
     # stage 3: questions from sampled sessions/concepts, with the syllabus up to the last picked session as context
     qitems, prov = [], []
     for d, s, lv, sessions in courses:
@@ -197,16 +236,35 @@ def run_pipeline(disciplines: list[Discipline], caller: Caller, cfg: GlanConfig)
             picked, concepts = sample_sessions(sessions, rng)
             titles = [sessions[i]["title"] for i in picked]
             qitems.append((P.question_prompt(d.name, s, sessions[: picked[-1] + 1], titles, concepts), q))
-            prov.append({"field": d.field, "subfield": d.subfield, "discipline": d.name, "subject": s, "level": lv,
-                         "sessions": titles, "concepts": concepts})
+            prov.append(
+                {
+                    "field": d.field,
+                    "subfield": d.subfield,
+                    "discipline": d.name,
+                    "subject": s,
+                    "level": lv,
+                    "sessions": titles,
+                    "concepts": concepts,
+                }
+            )
     questions = caller.run("questions", qitems, Question, cfg.temperature, cfg.max_tokens["questions"])
     kept = [(p, q.question.strip()) for p, q in zip(prov, questions) if q]
     # stage 4: answers
-    answers = caller.run("answers", [(P.answer_prompt(q), 0) for _, q in kept], Answer, cfg.answer_temperature, cfg.max_tokens["answers"])
-    sampling = {"subjects": {"temperature": cfg.temperature, "samples": cfg.subject_samples}, "syllabus": {"temperature": 0.0},
-                "questions": {"temperature": cfg.temperature}, "answers": {"temperature": cfg.answer_temperature}, "seed": cfg.seed}
-    return [{"instruction": q, "response": a.answer.strip(), **p, "model": model, "sampling": sampling}
-            for (p, q), a in zip(kept, answers) if a]
+    answers = caller.run(
+        "answers", [(P.answer_prompt(q), 0) for _, q in kept], Answer, cfg.answer_temperature, cfg.max_tokens["answers"]
+    )
+    sampling = {
+        "subjects": {"temperature": cfg.temperature, "samples": cfg.subject_samples},
+        "syllabus": {"temperature": 0.0},
+        "questions": {"temperature": cfg.temperature},
+        "answers": {"temperature": cfg.answer_temperature},
+        "seed": cfg.seed,
+    }
+    return [
+        {"instruction": q, "response": a.answer.strip(), **p, "model": model, "sampling": sampling}
+        for (p, q), a in zip(kept, answers)
+        if a
+    ]
 
 
 def write_jsonl(rows: list[dict], path: Path) -> None:

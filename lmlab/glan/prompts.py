@@ -14,34 +14,48 @@ def _chat(system: str, user: str) -> Chat:
 
 
 def subfields_prompt(field: str) -> Chat:
-    return _chat("You build a taxonomy of human knowledge.",
-                 f'List the main sub-fields of {field}. Reply in JSON: {{"names": ["...", ...]}}')
+    return _chat(
+        "You build a taxonomy of human knowledge.",
+        f'List the main sub-fields of {field}. Reply in JSON: {{"names": ["...", ...]}}',
+    )
 
 
 def disciplines_prompt(field: str, subfield: str) -> Chat:
-    return _chat("You build a taxonomy of human knowledge.",
-                 f'List the disciplines taught within {subfield} (part of {field}). Reply in JSON: {{"names": ["...", ...]}}')
+    return _chat(
+        "You build a taxonomy of human knowledge.",
+        f'List the disciplines taught within {subfield} (part of {field}). Reply in JSON: {{"names": ["...", ...]}}',
+    )
 
 
 def subjects_prompt(discipline: str, n: int) -> Chat:
-    return _chat(f"You are an experienced teacher of {discipline}.",
-                 f"List up to {n} subjects a student of {discipline} should learn, from introductory to advanced, "
-                 f'each with its level. Reply in JSON: {{"subjects": [{{"name": "...", "level": "introductory|intermediate|advanced"}}]}}')
+    return _chat(
+        f"You are an experienced teacher of {discipline}.",
+        f"List up to {n} subjects a student of {discipline} should learn, from introductory to advanced, "
+        f'each with its level. Reply in JSON: {{"subjects": [{{"name": "...", "level": "introductory|intermediate|advanced"}}]}}',
+    )
 
 
 def syllabus_prompt(discipline: str, subject: str, level: str, max_sessions: int) -> Chat:
-    return _chat(f"You are an expert in {discipline} designing a course.",
-                 f"Design the syllabus of the {level} course '{subject}' in at most {max_sessions} class sessions. "
-                 f"For each session give a title and its key concepts. "
-                 f'Reply in JSON: {{"sessions": [{{"title": "...", "concepts": ["...", ...]}}]}}')
+    return _chat(
+        f"You are an expert in {discipline} designing a course.",
+        f"Design the syllabus of the {level} course '{subject}' in at most {max_sessions} class sessions. "
+        f"For each session give a title and its key concepts. "
+        f'Reply in JSON: {{"sessions": [{{"title": "...", "concepts": ["...", ...]}}]}}',
+    )
 
 
-def question_prompt(discipline: str, subject: str, context: list[dict], sessions: list[str], concepts: list[str]) -> Chat:
-    ctx = "\n".join(f"Session {i + 1}: {s['title']} (key concepts: {', '.join(s['concepts'])})" for i, s in enumerate(context))
-    return _chat(f"You are a teacher of {discipline} writing homework.",
-                 f"Course '{subject}'. Syllabus so far:\n{ctx}\n\n"
-                 f"Write one homework question about the session(s) {json.dumps(sessions)} that tests the key concept(s) "
-                 f"{json.dumps(concepts)}. Reply in JSON: {{\"question\": \"...\"}}")
+def question_prompt(
+    discipline: str, subject: str, context: list[dict], sessions: list[str], concepts: list[str]
+) -> Chat:
+    ctx = "\n".join(
+        f"Session {i + 1}: {s['title']} (key concepts: {', '.join(s['concepts'])})" for i, s in enumerate(context)
+    )
+    return _chat(
+        f"You are a teacher of {discipline} writing homework.",
+        f"Course '{subject}'. Syllabus so far:\n{ctx}\n\n"
+        f"Write one homework question about the session(s) {json.dumps(sessions)} that tests the key concept(s) "
+        f'{json.dumps(concepts)}. Reply in JSON: {{"question": "..."}}',
+    )
 
 
 def answer_prompt(question: str) -> Chat:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from ..core.errors import LmlabError
 
@@ -21,7 +21,7 @@ def words(text: str) -> list[str]:
 
 
 def ngrams(ws: list[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(ws[i:i + n]) for i in range(len(ws) - n + 1)}
+    return {tuple(ws[i : i + n]) for i in range(len(ws) - n + 1)}
 
 
 @dataclass
@@ -40,7 +40,9 @@ def _minhash(ws: list[str], num_perm: int, shingle: int):
     return m
 
 
-def dedup(rows: list[dict], key: str = "instruction", threshold: float = 0.8, num_perm: int = 128, shingle: int = 3) -> FilterReport:
+def dedup(
+    rows: list[dict], key: str = "instruction", threshold: float = 0.8, num_perm: int = 128, shingle: int = 3
+) -> FilterReport:
     """Drop exact duplicates (normalised text hash), then near duplicates (estimated Jaccard of word
     `shingle`-grams >= threshold); the first occurrence is kept."""
     from datasketch import MinHashLSH
@@ -66,7 +68,9 @@ def dedup(rows: list[dict], key: str = "instruction", threshold: float = 0.8, nu
     return rep
 
 
-def load_benchmark_texts(path: str | Path, fields: Iterable[str] = ("question", "problem", "prompt", "input", "text")) -> list[str]:
+def load_benchmark_texts(
+    path: str | Path, fields: Iterable[str] = ("question", "problem", "prompt", "input", "text")
+) -> list[str]:
     """Texts of a benchmark JSONL file (the first present of `fields` per line)."""
     path = Path(path)
     if not path.exists():
@@ -114,7 +118,18 @@ def stats_rows(rows: list[dict], removed: list[dict]) -> list[dict]:
     """Per-discipline table: kept rows, mean instruction/response length (words), duplicate and contamination rates."""
     by: dict[str, dict] = {}
     for r in rows + removed:
-        d = by.setdefault(r["discipline"], {"discipline": r["discipline"], "rows": 0, "generated": 0, "q_words": 0, "a_words": 0, "dup": 0, "contam": 0})
+        d = by.setdefault(
+            r["discipline"],
+            {
+                "discipline": r["discipline"],
+                "rows": 0,
+                "generated": 0,
+                "q_words": 0,
+                "a_words": 0,
+                "dup": 0,
+                "contam": 0,
+            },
+        )
         d["generated"] += 1
         reason = r.get("removed")
         if reason is None:
@@ -127,7 +142,15 @@ def stats_rows(rows: list[dict], removed: list[dict]) -> list[dict]:
             d["dup"] += 1
     out = []
     for d in sorted(by.values(), key=lambda x: x["discipline"]):
-        out.append({"discipline": d["discipline"], "rows": d["rows"], "generated": d["generated"],
-                    "mean_q_words": d["q_words"] / max(d["rows"], 1), "mean_a_words": d["a_words"] / max(d["rows"], 1),
-                    "dup_rate": d["dup"] / d["generated"], "contam_rate": d["contam"] / d["generated"]})
+        out.append(
+            {
+                "discipline": d["discipline"],
+                "rows": d["rows"],
+                "generated": d["generated"],
+                "mean_q_words": d["q_words"] / max(d["rows"], 1),
+                "mean_a_words": d["a_words"] / max(d["rows"], 1),
+                "dup_rate": d["dup"] / d["generated"],
+                "contam_rate": d["contam"] / d["generated"],
+            }
+        )
     return out

@@ -30,7 +30,12 @@ def _figure(stats: dict, out: Path) -> Path:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     d = stats["disciplines"]
     a.barh([x["discipline"] for x in d], [x["rows"] for x in d], label="kept")
-    a.barh([x["discipline"] for x in d], [x["generated"] - x["rows"] for x in d], left=[x["rows"] for x in d], label="removed")
+    a.barh(
+        [x["discipline"] for x in d],
+        [x["generated"] - x["rows"] for x in d],
+        left=[x["rows"] for x in d],
+        label="removed",
+    )
     a.set_xlabel("rows")
     a.legend()
     s = stats["stages"]
@@ -48,9 +53,18 @@ def _figure(stats: dict, out: Path) -> Path:
 
 def run(ctx: ReproduceContext) -> Section:
     discs = load_taxonomy()
-    discs = [d for d in discs if d.name in ("Classical Mechanics", "Linear Algebra", "World History")] if ctx.quick else discs
-    cfg = GlanConfig(subjects_per_discipline=2 if ctx.quick else 4, subject_samples=2, max_sessions=3,
-                     questions_per_subject=2 if ctx.quick else 4, seed=ctx.seed)
+    discs = (
+        [d for d in discs if d.name in ("Classical Mechanics", "Linear Algebra", "World History")]
+        if ctx.quick
+        else discs
+    )
+    cfg = GlanConfig(
+        subjects_per_discipline=2 if ctx.quick else 4,
+        subject_samples=2,
+        max_sessions=3,
+        questions_per_subject=2 if ctx.quick else 4,
+        seed=ctx.seed,
+    )
     be = LocalBackend(ctx.model, batch_size=8)
     try:
         bench = [shared_data("gsm8k", "test.jsonl")]
@@ -72,31 +86,72 @@ def run(ctx: ReproduceContext) -> Section:
     gen = res.stats["generated"]
     contam_rate = f["contaminated"] / max(gen, 1)
     covered = sum(1 for d in res.stats["disciplines"] if d["rows"] > 0)
-    md = [f"Model `{be.name}` on the local engine, {len(discs)} disciplines from the built-in taxonomy, "
-          f"{cfg.subjects_per_discipline} subjects x {cfg.questions_per_subject} questions each, seed {ctx.seed}. "
-          "A 135M model writes weak questions and answers; this run measures the pipeline's structure, provenance, "
-          "resume, dedup and decontamination, not the paper's downstream gains.\n",
-          "**Calls and tokens per stage**\n", markdown_table(stages, ["stage", "calls", "cached", "new", "invalid", "dropped", "prompt_tokens", "completion_tokens", "seconds"], ".1f"),
-          "\n**Rows per discipline after filtering**\n", markdown_table(res.stats["disciplines"], floatfmt=".2f"),
-          f"\nFilters: {f['exact_duplicate']} exact and {f['near_duplicate']} near duplicates (MinHash, Jaccard >= 0.8), "
-          f"{f['contaminated']} rows sharing a 10-gram with {', '.join(Path(b).name for b in bench) or 'no benchmark (not found)'}; "
-          f"{gen} generated, {len(res.rows)} kept.\n",
-          f"\nSessions sampled per question: {dict(sorted(nsess.items()))}; concepts per question: {dict(sorted(nconc.items()))}.\n",
-          "\n**Example row**\n\n```json\n" + (json.dumps(res.rows[0], indent=1, ensure_ascii=False)[:1500] if res.rows else "{}") + "\n```\n"]
+    md = [
+        f"Model `{be.name}` on the local engine, {len(discs)} disciplines from the built-in taxonomy, "
+        f"{cfg.subjects_per_discipline} subjects x {cfg.questions_per_subject} questions each, seed {ctx.seed}. "
+        "A 135M model writes weak questions and answers; this run measures the pipeline's structure, provenance, "
+        "resume, dedup and decontamination, not the paper's downstream gains.\n",
+        "**Calls and tokens per stage**\n",
+        markdown_table(
+            stages,
+            ["stage", "calls", "cached", "new", "invalid", "dropped", "prompt_tokens", "completion_tokens", "seconds"],
+            ".1f",
+        ),
+        "\n**Rows per discipline after filtering**\n",
+        markdown_table(res.stats["disciplines"], floatfmt=".2f"),
+        f"\nFilters: {f['exact_duplicate']} exact and {f['near_duplicate']} near duplicates (MinHash, Jaccard >= 0.8), "
+        f"{f['contaminated']} rows sharing a 10-gram with {', '.join(Path(b).name for b in bench) or 'no benchmark (not found)'}; "
+        f"{gen} generated, {len(res.rows)} kept.\n",
+        f"\nSessions sampled per question: {dict(sorted(nsess.items()))}; concepts per question: {dict(sorted(nconc.items()))}.\n",
+        "\n**Example row**\n\n```json\n"
+        + (json.dumps(res.rows[0], indent=1, ensure_ascii=False)[:1500] if res.rows else "{}")
+        + "\n```\n",
+    ]
     verdicts = [
-        Verdict("GLAN needs only a taxonomy: every discipline yields instruction data", f"{covered}/{len(discs)} disciplines with rows, {len(res.rows)} rows", covered == len(discs)),
-        Verdict("Every stage's reply follows its schema (grammar-constrained on the local engine)",
-                f"{calls - invalid}/{calls} replies valid with the grammar (the rest hit max_tokens mid-object and were retried); without it {free_valid}/{len(raw)} subject lists valid",
-                invalid == 0 or (calls - invalid) / calls > 0.9),
-        Verdict("Questions sample 1-2 class sessions and 1-5 key concepts (paper 2.3)", f"sessions {sorted(nsess)}, concepts {sorted(nconc)}",
-                bool(res.rows) and set(nsess) <= {1, 2} and set(nconc) <= {1, 2, 3, 4, 5}),
-        Verdict("A rerun resumes from the call cache", f"{new_on_rerun} new calls on rerun of {calls}", new_on_rerun == 0),
-        Verdict("Generated data is not contaminated by benchmark test sets", f"{contam_rate:.1%} of rows share a 10-gram with GSM8K test" if bench else "no benchmark file", contam_rate < 0.05 if bench else None),
-        Verdict("GLAN data (10M pairs from GPT-4) improves Mistral-7B on math, coding and reasoning", "not tested at this scale", None),
+        Verdict(
+            "GLAN needs only a taxonomy: every discipline yields instruction data",
+            f"{covered}/{len(discs)} disciplines with rows, {len(res.rows)} rows",
+            covered == len(discs),
+        ),
+        Verdict(
+            "Every stage's reply follows its schema (grammar-constrained on the local engine)",
+            f"{calls - invalid}/{calls} replies valid with the grammar (the rest hit max_tokens mid-object and were retried); without it {free_valid}/{len(raw)} subject lists valid",
+            invalid == 0 or (calls - invalid) / calls > 0.9,
+        ),
+        Verdict(
+            "Questions sample 1-2 class sessions and 1-5 key concepts (paper 2.3)",
+            f"sessions {sorted(nsess)}, concepts {sorted(nconc)}",
+            bool(res.rows) and set(nsess) <= {1, 2} and set(nconc) <= {1, 2, 3, 4, 5},
+        ),
+        Verdict(
+            "A rerun resumes from the call cache", f"{new_on_rerun} new calls on rerun of {calls}", new_on_rerun == 0
+        ),
+        Verdict(
+            "Generated data is not contaminated by benchmark test sets",
+            f"{contam_rate:.1%} of rows share a 10-gram with GSM8K test" if bench else "no benchmark file",
+            contam_rate < 0.05 if bench else None,
+        ),
+        Verdict(
+            "GLAN data (10M pairs from GPT-4) improves Mistral-7B on math, coding and reasoning",
+            "not tested at this scale",
+            None,
+        ),
     ]
     figs = [_figure(res.stats, ctx.out_dir)] if res.rows else []
-    data = {"stats": res.stats, "rerun_new_calls": new_on_rerun, "unconstrained_valid": free_valid, "unconstrained_total": len(raw)}
-    return Section("glan", "GLAN: generalized instruction tuning from a taxonomy (arXiv:2402.13064)", "\n".join(md), figs, data, verdicts)
+    data = {
+        "stats": res.stats,
+        "rerun_new_calls": new_on_rerun,
+        "unconstrained_valid": free_valid,
+        "unconstrained_total": len(raw),
+    }
+    return Section(
+        "glan",
+        "GLAN: generalized instruction tuning from a taxonomy (arXiv:2402.13064)",
+        "\n".join(md),
+        figs,
+        data,
+        verdicts,
+    )
 
 
 def _valid(text: str) -> bool:

@@ -33,21 +33,49 @@ class RunResult:
     message: str = ""
 
 
-def glan_run(out_dir: Path, disciplines: list[Discipline], backend: Any, cfg: GlanConfig, *, max_requests: int | None = None,
-             max_tokens: int | None = None, decontaminate: list[Path] | None = None, decontam_n: int = 10,
-             near_dup_threshold: float = 0.8, export_to: Path | None = None, retries: int = 2) -> RunResult:
+def glan_run(
+    out_dir: Path,
+    disciplines: list[Discipline],
+    backend: Any,
+    cfg: GlanConfig,
+    *,
+    max_requests: int | None = None,
+    max_tokens: int | None = None,
+    decontaminate: list[Path] | None = None,
+    decontam_n: int = 10,
+    near_dup_threshold: float = 0.8,
+    export_to: Path | None = None,
+    retries: int = 2,
+) -> RunResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = LLMCache(out_dir / "calls.sqlite")
-    caller = Caller(backend, cache, seed=cfg.seed, retries=retries, max_requests=max_requests, max_tokens=max_tokens, export=export_to is not None)
+    caller = Caller(
+        backend,
+        cache,
+        seed=cfg.seed,
+        retries=retries,
+        max_requests=max_requests,
+        max_tokens=max_tokens,
+        export=export_to is not None,
+    )
     try:
         raw = run_pipeline(disciplines, caller, cfg)
     except BudgetReached as e:
-        return RunResult("budget", [], {"stages": stage_table(caller)}, f"{e}; everything is cached in {cache.path}, rerun to continue")
+        return RunResult(
+            "budget",
+            [],
+            {"stages": stage_table(caller)},
+            f"{e}; everything is cached in {cache.path}, rerun to continue",
+        )
     except PendingExport as e:
         export_requests(e.requests, export_to)  # type: ignore[arg-type]
-        return RunResult("exported", [], {"stages": stage_table(caller)},
-                         f"wrote {len(e.requests)} pending '{e.stage}' requests to {export_to}; run them, then `lmlab glan import-batch`")
+        return RunResult(
+            "exported",
+            [],
+            {"stages": stage_table(caller)},
+            f"wrote {len(e.requests)} pending '{e.stage}' requests to {export_to}; run them, then `lmlab glan import-batch`",
+        )
     finally:
         cache.close()
     write_jsonl(raw, out_dir / "raw.jsonl")
@@ -60,8 +88,15 @@ def glan_run(out_dir: Path, disciplines: list[Discipline], backend: Any, cfg: Gl
         counts["contaminated"] += d.counts["contaminated"]
     write_jsonl(kept, out_dir / "glan.jsonl")
     write_jsonl(removed, out_dir / "removed.jsonl")
-    stats = {"config": asdict(cfg), "model": backend.name, "generated": len(raw), "kept": len(kept), "filters": counts,
-             "decontaminated_against": [str(p) for p in decontaminate or []], "stages": stage_table(caller),
-             "disciplines": stats_rows(kept, removed)}
+    stats = {
+        "config": asdict(cfg),
+        "model": backend.name,
+        "generated": len(raw),
+        "kept": len(kept),
+        "filters": counts,
+        "decontaminated_against": [str(p) for p in decontaminate or []],
+        "stages": stage_table(caller),
+        "disciplines": stats_rows(kept, removed),
+    }
     atomic_write_text(out_dir / "stats.json", json.dumps(stats, indent=2))
     return RunResult("complete", kept, stats, f"{len(kept)} rows -> {out_dir / 'glan.jsonl'}")

@@ -21,8 +21,15 @@ from ..core.paths import atomic_write_text
 from ..core.report import markdown_table
 
 # DeepSeek-V2-Lite-like proportions at laptop scale: 64 fine-grained routed experts (top-6) + 2 shared
-CONFIG = dict(hidden_size=512, moe_intermediate_size=128, n_routed_experts=64, n_shared_experts=2,
-              num_experts_per_tok=6, topk_method="greedy", routed_scaling_factor=1.0)
+CONFIG = dict(
+    hidden_size=512,
+    moe_intermediate_size=128,
+    n_routed_experts=64,
+    n_shared_experts=2,
+    num_experts_per_tok=6,
+    topk_method="greedy",
+    routed_scaling_factor=1.0,
+)
 IMPLS = ["ours", "eager", "batched_mm", "grouped_mm"]
 BATCHED_MM_LIMIT_GB = 3.0  # batched_mm gathers one weight matrix per token-expert pair; skip beyond this
 
@@ -110,25 +117,52 @@ def run_bench(tokens_list: list[int], repeats: int, json_path: Path | None, thre
                     times[impl].append(dt)
         for impl in IMPLS:
             if impl not in impls:
-                rows.append({"tokens": tokens, "impl": impl, "tokens_per_s": None, "peak_rss_mb": None,
-                             "note": f"skipped: gathers {_batched_mm_gb(tokens):.1f} GB of expert weights"})
+                rows.append(
+                    {
+                        "tokens": tokens,
+                        "impl": impl,
+                        "tokens_per_s": None,
+                        "peak_rss_mb": None,
+                        "note": f"skipped: gathers {_batched_mm_gb(tokens):.1f} GB of expert weights",
+                    }
+                )
                 continue
             med = statistics.median(times[impl])
             row = {"tokens": tokens, "impl": impl, "tokens_per_s": tokens / med, "seconds": med}
-            out = subprocess.run([sys.executable, "-m", "lmlab.moe.bench", impl, str(tokens), str(threads)],
-                                 capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-            row.update(json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"peak_rss_mb": None})
+            out = subprocess.run(
+                [sys.executable, "-m", "lmlab.moe.bench", impl, str(tokens), str(threads)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )
+            row.update(
+                json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"peak_rss_mb": None}
+            )
             rows.append(row)
             print(f"tokens {tokens} {impl}: {row['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
     speedup = {}
     for tokens in tokens_list:
-        hf_best = [r["tokens_per_s"] for r in rows if r["tokens"] == tokens and r["impl"] != "ours" and r["tokens_per_s"]]
+        hf_best = [
+            r["tokens_per_s"] for r in rows if r["tokens"] == tokens and r["impl"] != "ours" and r["tokens_per_s"]
+        ]
         mine = next(r for r in rows if r["tokens"] == tokens and r["impl"] == "ours")
         speedup[str(tokens)] = round(mine["tokens_per_s"] / max(hf_best), 3)
         mine["speedup_vs_best_hf"] = speedup[str(tokens)]
-    result = {"config": CONFIG, "repeats": repeats, "torch_threads": threads,
-              "load_avg_1m": os.getloadavg()[0], "rows": rows, "speedup_vs_best_hf": speedup}
-    print(markdown_table(rows, ["tokens", "impl", "tokens_per_s", "peak_rss_mb", "peak_over_base_mb", "speedup_vs_best_hf"], floatfmt=".1f"))
+    result = {
+        "config": CONFIG,
+        "repeats": repeats,
+        "torch_threads": threads,
+        "load_avg_1m": os.getloadavg()[0],
+        "rows": rows,
+        "speedup_vs_best_hf": speedup,
+    }
+    print(
+        markdown_table(
+            rows,
+            ["tokens", "impl", "tokens_per_s", "peak_rss_mb", "peak_over_base_mb", "speedup_vs_best_hf"],
+            floatfmt=".1f",
+        )
+    )
     if json_path:
         atomic_write_text(Path(json_path), json.dumps(result, indent=1))
     return result

@@ -18,22 +18,26 @@ def _seeds(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise LmlabError(f"--seeds {text!r}: not a comma-separated list of integers", hint="e.g. --seeds 0,1,2") from None
+        raise LmlabError(
+            f"--seeds {text!r}: not a comma-separated list of integers", hint="e.g. --seeds 0,1,2"
+        ) from None
 
 
 @app.command()
 def reproduce(
     quick: bool = typer.Option(False, "--quick", help="Small models, 300 steps (minutes on a laptop CPU)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results here (updated after every run)."),
-    data: Optional[str] = typer.Option(None, "--data", help=".txt/.jsonl file, directory, or hf:NAME (default: Python stdlib)."),
+    data: Optional[str] = typer.Option(
+        None, "--data", help=".txt/.jsonl file, directory, or hf:NAME (default: Python stdlib)."
+    ),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (>= 3 for mean ± std)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override the number of training steps."),
     no_ladder: bool = typer.Option(False, "--no-ladder", help="Skip the shared/fine-grained ablation ladder."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (the full setup wants a GPU)."),
 ) -> None:
     """Train Dense, Switch, GShard and DeepSeekMoE from scratch on the same data and compare (Table 1, Fig. 3-5)."""
-    from .experiment import FULL, QUICK, run_all, summarize, with_overrides
     from ..core.report import markdown_table
+    from .experiment import FULL, QUICK, run_all, summarize, with_overrides
 
     if steps is not None and steps < 1:
         raise LmlabError(f"--steps {steps}: must be >= 1")
@@ -44,10 +48,14 @@ def reproduce(
     try:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as e:
-        raise LmlabError(f"--device {device!r}: not usable ({str(e).splitlines()[0]})", hint="use cpu or an available cuda device") from None
+        raise LmlabError(
+            f"--device {device!r}: not usable ({str(e).splitlines()[0]})", hint="use cpu or an available cuda device"
+        ) from None
     res = run_all(s, log=lambda m: typer.echo(m, err=True), save=save, device=device)
     typer.echo(markdown_table(summarize(res["runs"]), floatfmt=".4f"))
-    typer.echo(markdown_table(res["ablation"], ["arch", "val_loss", "total_params", "activated_params"], floatfmt=".4f"))
+    typer.echo(
+        markdown_table(res["ablation"], ["arch", "val_loss", "total_params", "activated_params"], floatfmt=".4f")
+    )
     typer.echo(json.dumps(res["specialization"], indent=1))
 
 

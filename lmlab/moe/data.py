@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..core.errors import LmlabError
 from ..core.data import iter_jsonl
+from ..core.errors import LmlabError
 from ..core.paths import cache_dir
 
 
@@ -42,7 +42,9 @@ def load_documents(source: str | None) -> list[str]:
         try:
             import datasets
         except ImportError:
-            raise LmlabError(f"{source}: the `datasets` package is not installed", hint="pip install datasets") from None
+            raise LmlabError(
+                f"{source}: the `datasets` package is not installed", hint="pip install datasets"
+            ) from None
         ds = datasets.load_dataset(source[3:], split="train")
         return [r["text"] for r in ds]
     path = Path(source)
@@ -62,8 +64,9 @@ def load_documents(source: str | None) -> list[str]:
 
 def tokenized_corpus(source: str | None, vocab_size: int) -> tuple[Tensor, Tensor, object]:
     """(train ids, validation ids, tokenizer); BPE trained on the train split only, cached by content hash."""
-    from ..core.train import train_bpe_tokenizer
     from transformers import PreTrainedTokenizerFast
+
+    from ..core.train import train_bpe_tokenizer
 
     docs = load_documents(source)
     n_val = max(1, len(docs) // 20)
@@ -96,13 +99,16 @@ def batches(ids: Tensor, batch: int, seq_len: int, seed: int):
     hi = ids.numel() - seq_len - 1
     while True:
         start = torch.randint(0, hi, (batch,), generator=g)
-        yield torch.stack([ids[s:s + seq_len + 1] for s in start.tolist()]).long()
+        yield torch.stack([ids[s : s + seq_len + 1] for s in start.tolist()]).long()
 
 
 def eval_windows(ids: Tensor, seq_len: int, max_windows: int) -> Tensor:
     """Non-overlapping validation windows [W, T+1], evenly spread over the held-out split."""
     n = (ids.numel() - 1) // seq_len
     if n < 1:
-        raise LmlabError(f"validation split has {ids.numel()} tokens, fewer than seq_len={seq_len}", hint="use more text or a shorter --seq-len")
+        raise LmlabError(
+            f"validation split has {ids.numel()} tokens, fewer than seq_len={seq_len}",
+            hint="use more text or a shorter --seq-len",
+        )
     pick = torch.linspace(0, n - 1, min(n, max_windows)).long()
-    return torch.stack([ids[i * seq_len:i * seq_len + seq_len + 1] for i in pick.tolist()]).long()
+    return torch.stack([ids[i * seq_len : i * seq_len + seq_len + 1] for i in pick.tolist()]).long()

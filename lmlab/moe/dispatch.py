@@ -61,7 +61,9 @@ def _grouped_ok(x: Tensor, w: Tensor) -> bool:
         return False
     if x.device.type == "cpu":
         return True
-    return x.device.type == "cuda" and w.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)
+    return (
+        x.device.type == "cuda" and w.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)
+    )
 
 
 def grouped_mm(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:

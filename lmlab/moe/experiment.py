@@ -13,8 +13,9 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -56,8 +57,19 @@ class Setup:
 
 
 FULL = Setup()
-QUICK = Setup(vocab=1024, hidden=64, layers=2, heads=4, width=128, seq_len=64, batch=16, steps=300, lr=3e-3,
-              warmup=30, eval_windows=128)
+QUICK = Setup(
+    vocab=1024,
+    hidden=64,
+    layers=2,
+    heads=4,
+    width=128,
+    seq_len=64,
+    batch=16,
+    steps=300,
+    lr=3e-3,
+    warmup=30,
+    eval_windows=128,
+)
 
 
 def arch_config(arch: str, s: Setup) -> MoEConfig:
@@ -81,9 +93,17 @@ def arch_config(arch: str, s: Setup) -> MoEConfig:
 
 
 def build_model(s: Setup, arch: str) -> MoETransformer:
-    cfg = ModelConfig(vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=s.width, num_layers=s.layers,
-                      num_heads=s.heads, num_kv_heads=s.heads, head_dim=s.hidden // s.heads,
-                      max_position_embeddings=s.seq_len, tie_word_embeddings=True)
+    cfg = ModelConfig(
+        vocab_size=s.vocab,
+        hidden_size=s.hidden,
+        intermediate_size=s.width,
+        num_layers=s.layers,
+        num_heads=s.heads,
+        num_kv_heads=s.heads,
+        head_dim=s.hidden // s.heads,
+        max_position_embeddings=s.seq_len,
+        tie_word_embeddings=True,
+    )
     return MoETransformer(cfg, arch_config(arch, s), first_dense=0).init_weights()
 
 
@@ -96,9 +116,15 @@ def _loss_fn(raw: MoETransformer) -> Callable[[torch.nn.Module, torch.Tensor], t
         ce = lm_loss(out.logits, batch[:, 1:])
         aux = raw.aux_loss()
         stats = [st for st in raw.router_stats() if st is not None]
-        load = max((float(st.tokens_per_expert.max() / st.tokens_per_expert.float().mean()) for st in stats), default=1.0)
-        return ce + aux, {"ce": float(ce.detach()), "aux": float(aux.detach()), "max_load": load,
-                          "dropped": float(sum(int(st.dropped) for st in stats))}
+        load = max(
+            (float(st.tokens_per_expert.max() / st.tokens_per_expert.float().mean()) for st in stats), default=1.0
+        )
+        return ce + aux, {
+            "ce": float(ce.detach()),
+            "aux": float(aux.detach()),
+            "max_load": load,
+            "dropped": float(sum(int(st.dropped) for st in stats)),
+        }
 
     return fn
 
@@ -109,15 +135,23 @@ def evaluate(model: MoETransformer, windows: torch.Tensor, batch: int = 16) -> f
     model.eval()
     total, n = 0.0, 0
     for i in range(0, windows.shape[0], batch):
-        w = windows[i:i + batch].to(model.device)
+        w = windows[i : i + batch].to(model.device)
         logits = model.logits(w[:, :-1])
         total += float(lm_loss(logits, w[:, 1:])) * w.shape[0]
         n += w.shape[0]
     return total / n
 
 
-def train_run(s: Setup, arch: str, seed: int, train_ids: torch.Tensor, val: torch.Tensor, accelerator: Any = None,
-              log: Callable[[str], None] | None = None, device: str = "cpu") -> tuple[dict[str, Any], MoETransformer]:
+def train_run(
+    s: Setup,
+    arch: str,
+    seed: int,
+    train_ids: torch.Tensor,
+    val: torch.Tensor,
+    accelerator: Any = None,
+    log: Callable[[str], None] | None = None,
+    device: str = "cpu",
+) -> tuple[dict[str, Any], MoETransformer]:
     """Train one architecture from scratch (or load the cached result); returns (row, model)."""
     root = cache_dir("moe", "runs")
     key = s.key(arch, seed)
@@ -130,14 +164,34 @@ def train_run(s: Setup, arch: str, seed: int, train_ids: torch.Tensor, val: torc
     tc = TrainConfig(steps=s.steps, lr=s.lr, warmup=s.warmup, seed=seed, log_every=max(1, s.steps // 5))
     t0 = time.time()
     rank_seed = seed * 1000 + (accelerator.process_index if accelerator is not None else 0)
-    hist = train(model, batches(train_ids, s.batch, s.seq_len, rank_seed), _loss_fn(model), tc, accelerator=accelerator,
-                 log=(lambda r: log(f"{arch} seed {seed} step {r['step']} ce {r['ce']:.3f} max/mean expert load {r['max_load']:.2f}")) if log else None)
+    hist = train(
+        model,
+        batches(train_ids, s.batch, s.seq_len, rank_seed),
+        _loss_fn(model),
+        tc,
+        accelerator=accelerator,
+        log=(
+            lambda r: log(
+                f"{arch} seed {seed} step {r['step']} ce {r['ce']:.3f} max/mean expert load {r['max_load']:.2f}"
+            )
+        )
+        if log
+        else None,
+    )
     val_loss = evaluate(model.eval(), val)
     model = model.cpu()
     counts = model.param_counts()
-    row = {"arch": arch, "seed": seed, "val_loss": val_loss, **counts,
-           "flops_per_token": model.flops_per_token(s.seq_len), "train_ce_last": hist[-1]["ce"],
-           "train_seconds": round(time.time() - t0, 1), "steps": s.steps, "tokens": s.steps * s.batch * s.seq_len}
+    row = {
+        "arch": arch,
+        "seed": seed,
+        "val_loss": val_loss,
+        **counts,
+        "flops_per_token": model.flops_per_token(s.seq_len),
+        "train_ce_last": hist[-1]["ce"],
+        "train_seconds": round(time.time() - t0, 1),
+        "steps": s.steps,
+        "tokens": s.steps * s.batch * s.seq_len,
+    }
     if accelerator is None or accelerator.is_main_process:
         tmp = root / f".{key}.pt.tmp"
         torch.save(model.state_dict(), tmp)
@@ -184,14 +238,26 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         m = sum(v) / len(v)
         sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else float("nan")
         r0 = next(r for r in runs if r["arch"] == arch)
-        out.append({"arch": arch, "seeds": len(v), "val_loss_mean": m, "val_loss_std": sd,
-                    "total_params": r0["total_params"], "activated_params": r0["activated_params"],
-                    "flops_per_token": r0["flops_per_token"]})
+        out.append(
+            {
+                "arch": arch,
+                "seeds": len(v),
+                "val_loss_mean": m,
+                "val_loss_std": sd,
+                "total_params": r0["total_params"],
+                "activated_params": r0["activated_params"],
+                "flops_per_token": r0["flops_per_token"],
+            }
+        )
     return out
 
 
-def run_all(s: Setup, log: Callable[[str], None] = print, save: Callable[[dict[str, Any]], None] | None = None,
-            device: str = "cpu") -> dict[str, Any]:
+def run_all(
+    s: Setup,
+    log: Callable[[str], None] = print,
+    save: Callable[[dict[str, Any]], None] | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """The whole comparison; `save(result)` is called after every finished run (partial results survive)."""
     t0 = time.time()
     threads = torch.get_num_threads()
@@ -203,12 +269,18 @@ def run_all(s: Setup, log: Callable[[str], None] = print, save: Callable[[dict[s
         torch.set_num_threads(threads)
 
 
-def _run_all(s: Setup, log: Callable[[str], None], save: Callable[[dict[str, Any]], None] | None, t0: float,
-             device: str) -> dict[str, Any]:
+def _run_all(
+    s: Setup, log: Callable[[str], None], save: Callable[[dict[str, Any]], None] | None, t0: float, device: str
+) -> dict[str, Any]:
     train_ids, val_ids, _ = tokenized_corpus(s.data, s.vocab)
     val = eval_windows(val_ids, s.seq_len, s.eval_windows)
-    result: dict[str, Any] = {"setup": asdict(s), "corpus_tokens": {"train": train_ids.numel(), "val": val_ids.numel()},
-                              "runs": [], "ablation": [], "specialization": {}}
+    result: dict[str, Any] = {
+        "setup": asdict(s),
+        "corpus_tokens": {"train": train_ids.numel(), "val": val_ids.numel()},
+        "runs": [],
+        "ablation": [],
+        "specialization": {},
+    }
     models: dict[str, MoETransformer] = {}
     for seed in s.seeds:
         for arch in MAIN:
@@ -223,8 +295,11 @@ def _run_all(s: Setup, log: Callable[[str], None], save: Callable[[dict[str, Any
         seed = s.seeds[0]
         for arch in LADDER:
             same = {"0+2/16": "gshard", "1+7/63": "deepseekmoe"}.get(arch)
-            row = dict(next(r for r in result["runs"] if r["arch"] == same and r["seed"] == seed)) if same else \
-                train_run(s, arch, seed, train_ids, val, log=log, device=device)[0]
+            row = (
+                dict(next(r for r in result["runs"] if r["arch"] == same and r["seed"] == seed))
+                if same
+                else train_run(s, arch, seed, train_ids, val, log=log, device=device)[0]
+            )
             result["ablation"].append({**row, "arch": arch, "same_as": same})
             if save:
                 save(result)

@@ -172,8 +172,9 @@ class MoE(nn.Module):
             cap = max(1, math.ceil(cfg.capacity_factor * x.shape[0] * k / cfg.n_routed))
         p: Plan = plan(idx, gate, cfg.n_routed, cap)
         y = run_experts(x, p, self.w13, self.w2)
-        exp_bal, dev_bal = balance_losses(scores if cfg.scoring == "softmax" else scores / scores.sum(-1, keepdim=True),
-                                          p.counts, k, cfg.n_devices)
+        exp_bal, dev_bal = balance_losses(
+            scores if cfg.scoring == "softmax" else scores / scores.sum(-1, keepdim=True), p.counts, k, cfg.n_devices
+        )
         loss = cfg.alpha1 * exp_bal + cfg.alpha2 * dev_bal
         self.aux_loss = loss
         self.stats = RouterStats(p.counts.detach(), loss.detach(), exp_bal.detach(), p.dropped)

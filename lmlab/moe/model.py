@@ -20,8 +20,8 @@ from torch import Tensor
 from ..core.config import ModelConfig
 from ..core.errors import LmlabError
 from ..core.loader import SafetensorsDir, shared_to_hf
-from ..core.paths import atomic_dir
 from ..core.model import Transformer
+from ..core.paths import atomic_dir
 from .layer import MoE, MoEConfig, RouterStats
 
 
@@ -39,7 +39,7 @@ class MoETransformer(Transformer):
             layer.mlp = MoE(moe)
 
     @torch.no_grad()
-    def init_weights(self, std: float = 0.02) -> "MoETransformer":
+    def init_weights(self, std: float = 0.02) -> MoETransformer:
         """GPT-2-style init for training from scratch: N(0, std), residual outputs scaled by 1/sqrt(2L)."""
         out_std = std / (2 * len(self.layers)) ** 0.5
         for name, p in self.named_parameters():
@@ -83,18 +83,33 @@ class MoETransformer(Transformer):
 def config_from_hf(d: dict[str, Any], source: str = "config.json") -> tuple[ModelConfig, MoEConfig, int]:
     """Read a DeepSeekMoE (model_type deepseek) or DeepSeek-V2-style MoE config dict."""
     try:
-        base = ModelConfig.from_hf({**d, "model_type": "llama", "architectures": ["LlamaForCausalLM"],
-                                    "tie_word_embeddings": d.get("tie_word_embeddings", False)}, source)
+        base = ModelConfig.from_hf(
+            {
+                **d,
+                "model_type": "llama",
+                "architectures": ["LlamaForCausalLM"],
+                "tie_word_embeddings": d.get("tie_word_embeddings", False),
+            },
+            source,
+        )
         moe = MoEConfig(
-            hidden_size=d["hidden_size"], expert_size=d["moe_intermediate_size"], n_routed=d["n_routed_experts"],
-            top_k=d["num_experts_per_tok"], n_shared=d.get("n_shared_experts") or 0,
-            norm_topk=bool(d.get("norm_topk_prob", False)), routed_scale=float(d.get("routed_scaling_factor", 1.0)),
-            scoring=d.get("scoring_func", "softmax"), alpha1=float(d.get("aux_loss_alpha", 0.0)),
+            hidden_size=d["hidden_size"],
+            expert_size=d["moe_intermediate_size"],
+            n_routed=d["n_routed_experts"],
+            top_k=d["num_experts_per_tok"],
+            n_shared=d.get("n_shared_experts") or 0,
+            norm_topk=bool(d.get("norm_topk_prob", False)),
+            routed_scale=float(d.get("routed_scaling_factor", 1.0)),
+            scoring=d.get("scoring_func", "softmax"),
+            alpha1=float(d.get("aux_loss_alpha", 0.0)),
         )
     except KeyError as e:
         raise LmlabError(f"{source}: missing field {e.args[0]!r}", hint="is this a DeepSeekMoE config.json?") from None
     if d.get("moe_layer_freq", 1) != 1:
-        raise LmlabError(f"{source}: moe_layer_freq={d['moe_layer_freq']} unsupported", hint="only every layer after first_k_dense_replace is MoE")
+        raise LmlabError(
+            f"{source}: moe_layer_freq={d['moe_layer_freq']} unsupported",
+            hint="only every layer after first_k_dense_replace is MoE",
+        )
     if d.get("topk_method", "greedy") != "greedy":
         raise LmlabError(f"{source}: topk_method={d['topk_method']!r} unsupported", hint="only greedy top-k routing")
     return replace(base, extra={}), moe, int(d.get("first_k_dense_replace", 0))
@@ -103,20 +118,33 @@ def config_from_hf(d: dict[str, Any], source: str = "config.json") -> tuple[Mode
 def config_to_hf(model: MoETransformer) -> dict[str, Any]:
     m = model.moe_cfg
     out = model.cfg.to_hf()
-    out.update(architectures=["DeepseekForCausalLM"], model_type="deepseek", moe_intermediate_size=m.expert_size,
-               n_routed_experts=m.n_routed, n_shared_experts=m.n_shared, num_experts_per_tok=m.top_k,
-               first_k_dense_replace=model.first_dense, moe_layer_freq=1, norm_topk_prob=m.norm_topk,
-               routed_scaling_factor=m.routed_scale, scoring_func=m.scoring, aux_loss_alpha=m.alpha1,
-               topk_method="greedy", lmlab_moe=m.asdict())
+    out.update(
+        architectures=["DeepseekForCausalLM"],
+        model_type="deepseek",
+        moe_intermediate_size=m.expert_size,
+        n_routed_experts=m.n_routed,
+        n_shared_experts=m.n_shared,
+        num_experts_per_tok=m.top_k,
+        first_k_dense_replace=model.first_dense,
+        moe_layer_freq=1,
+        norm_topk_prob=m.norm_topk,
+        routed_scaling_factor=m.routed_scale,
+        scoring_func=m.scoring,
+        aux_loss_alpha=m.alpha1,
+        topk_method="greedy",
+        lmlab_moe=m.asdict(),
+    )
     return out
 
 
 def _attention_keys(sd: dict[str, Tensor], cfg: ModelConfig, i: int) -> dict[str, Tensor]:
     p, a = f"model.layers.{i}.", f"model.layers.{i}.self_attn."
-    out = {f"layers.{i}.attn_norm.weight": sd[p + "input_layernorm.weight"],
-           f"layers.{i}.mlp_norm.weight": sd[p + "post_attention_layernorm.weight"],
-           f"layers.{i}.attn.wqkv.weight": torch.cat([sd[a + f"{x}_proj.weight"] for x in "qkv"]),
-           f"layers.{i}.attn.wo.weight": sd[a + "o_proj.weight"]}
+    out = {
+        f"layers.{i}.attn_norm.weight": sd[p + "input_layernorm.weight"],
+        f"layers.{i}.mlp_norm.weight": sd[p + "post_attention_layernorm.weight"],
+        f"layers.{i}.attn.wqkv.weight": torch.cat([sd[a + f"{x}_proj.weight"] for x in "qkv"]),
+        f"layers.{i}.attn.wo.weight": sd[a + "o_proj.weight"],
+    }
     if cfg.attention_bias:
         out[f"layers.{i}.attn.wqkv.bias"] = torch.cat([sd[a + f"{x}_proj.bias"] for x in "qkv"])
     return out
@@ -152,7 +180,9 @@ def hf_to_native(sd: dict[str, Tensor], cfg: ModelConfig, moe: MoEConfig, first_
                 out[n + "shared.w13.weight"] = torch.cat([sd[s + "gate_proj.weight"], sd[s + "up_proj.weight"]])
                 out[n + "shared.w2.weight"] = sd[s + "down_proj.weight"]
     except KeyError as e:
-        raise LmlabError(f"checkpoint lacks tensor {e.args[0]!r}", hint="is it a DeepSeekMoE-style checkpoint?") from None
+        raise LmlabError(
+            f"checkpoint lacks tensor {e.args[0]!r}", hint="is it a DeepSeekMoE-style checkpoint?"
+        ) from None
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -162,8 +192,11 @@ def native_to_hf(model: MoETransformer) -> dict[str, Tensor]:
     out = shared_to_hf(sd, cfg)
     for i, layer in enumerate(model.layers):
         p, n = f"model.layers.{i}.", f"layers.{i}."
-        mlps = [("mlp.", n + "mlp.")] if not isinstance(layer.mlp, MoE) else (
-            [("mlp.shared_experts.", n + "mlp.shared.")] if layer.mlp.shared is not None else [])
+        mlps = (
+            [("mlp.", n + "mlp.")]
+            if not isinstance(layer.mlp, MoE)
+            else ([("mlp.shared_experts.", n + "mlp.shared.")] if layer.mlp.shared is not None else [])
+        )
         for hf, nat in mlps:
             g, u = sd[nat + "w13.weight"].chunk(2)
             out[p + hf + "gate_proj.weight"], out[p + hf + "up_proj.weight"] = g, u
@@ -191,7 +224,9 @@ def save_moe(model: MoETransformer, tokenizer: Any, path: str | Path) -> Path:
     return path
 
 
-def load_moe(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> MoETransformer:
+def load_moe(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> MoETransformer:
     """Load a DeepSeekMoE-style checkpoint directory (config.json + safetensors)."""
     folder = Path(path)
     cfg_path = folder / "config.json"
@@ -209,9 +244,13 @@ def load_moe(path: str | Path, dtype: torch.dtype = torch.float32, device: str |
     model = model.to_empty(device=device)
     sd = hf_to_native(SafetensorsDir(folder, torch.float32), cfg, moe, first)  # type: ignore[arg-type]
     missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.endswith("router.bias") and not (cfg.tie_word_embeddings and k == "lm_head.weight")]
+    missing = [
+        k for k in missing if not k.endswith("router.bias") and not (cfg.tie_word_embeddings and k == "lm_head.weight")
+    ]
     if missing or unexpected:
-        raise LmlabError(f"{folder}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise LmlabError(
+            f"{folder}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     for i, layer in enumerate(model.layers):  # the bias buffer is optional in checkpoints (V3 balancing only)
         if isinstance(layer.mlp, MoE) and moe.n_routed and f"layers.{i}.mlp.router.bias" not in sd:
             layer.mlp.router.bias.zero_()
@@ -230,9 +269,16 @@ def from_hf_block(block: Any) -> MoE:
     c = block.config
     if getattr(c, "topk_method", "greedy") != "greedy":
         raise LmlabError(f"topk_method={c.topk_method!r} unsupported", hint="only greedy top-k routing")
-    moe = MoE(MoEConfig(hidden_size=c.hidden_size, expert_size=c.moe_intermediate_size, n_routed=c.n_routed_experts,
-                        top_k=c.num_experts_per_tok, n_shared=c.n_shared_experts or 0,
-                        routed_scale=float(c.routed_scaling_factor)))
+    moe = MoE(
+        MoEConfig(
+            hidden_size=c.hidden_size,
+            expert_size=c.moe_intermediate_size,
+            n_routed=c.n_routed_experts,
+            top_k=c.num_experts_per_tok,
+            n_shared=c.n_shared_experts or 0,
+            routed_scale=float(c.routed_scaling_factor),
+        )
+    )
     moe.router.weight.copy_(block.gate.weight)
     moe.w13.copy_(block.experts.gate_up_proj.transpose(1, 2))
     moe.w2.copy_(block.experts.down_proj.transpose(1, 2))

@@ -9,5 +9,16 @@ from .capture import ActivationStore, capture, capture_batch, hf_hidden_fn, nati
 from .data import Problem, encode, generate_problems, load_problems
 from .fit import fit_predict, metrics
 
-__all__ = ["ActivationStore", "Problem", "capture", "capture_batch", "encode", "fit_predict", "generate_problems",
-           "hf_hidden_fn", "load_problems", "metrics", "native_hidden_fn"]
+__all__ = [
+    "ActivationStore",
+    "Problem",
+    "capture",
+    "capture_batch",
+    "encode",
+    "fit_predict",
+    "generate_problems",
+    "hf_hidden_fn",
+    "load_problems",
+    "metrics",
+    "native_hidden_fn",
+]

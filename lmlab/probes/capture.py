@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,9 @@ def hf_hidden_fn(model: torch.nn.Module) -> HiddenFn:
     base = getattr(model, "base_model", model)
 
     def run(ids: Tensor, lengths: list[int]) -> Sequence[Tensor]:
-        mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] < torch.tensor(lengths, device=ids.device)[:, None]).long()
+        mask = (
+            torch.arange(ids.shape[1], device=ids.device)[None, :] < torch.tensor(lengths, device=ids.device)[:, None]
+        ).long()
         return base(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
 
     return run
@@ -79,7 +81,7 @@ class ActivationStore:
         atomic_write_text(self.root / "meta.json", json.dumps(self.__dict__ | {"root": None}, indent=1))
 
     @classmethod
-    def open(cls, root: str | Path) -> "ActivationStore":
+    def open(cls, root: str | Path) -> ActivationStore:
         root = Path(root)
         meta = root / "meta.json"
         if not meta.exists():
@@ -95,7 +97,10 @@ class ActivationStore:
         if layer not in self.layers:
             raise LmlabError(f"layer {layer} was not captured", hint=f"captured layers: {self.layers}")
         if not self.complete():
-            raise LmlabError(f"{self.root}: capture incomplete ({sum(self.done())}/{self.num_shards} shards)", hint="rerun the capture; it resumes")
+            raise LmlabError(
+                f"{self.root}: capture incomplete ({sum(self.done())}/{self.num_shards} shards)",
+                hint="rerun the capture; it resumes",
+            )
         parts = []
         for i in range(self.num_shards):
             with safe_open(str(self.shard_path(i)), framework="np") as f:
@@ -136,14 +141,33 @@ def capture(
     P = n_pos.pop()
     for r, (ids, pos) in enumerate(zip(token_ids, positions)):
         if not ids or any(not 0 <= q < len(ids) for q in pos):
-            raise LmlabError(f"row {r}: positions {list(pos)} outside its {len(ids)} tokens", hint="positions index the row's own tokens")
+            raise LmlabError(
+                f"row {r}: positions {list(pos)} outside its {len(ids)} tokens",
+                hint="positions index the row's own tokens",
+            )
     names = list(position_names) if position_names is not None else [str(i) for i in range(P)]
-    store = ActivationStore(root, sorted(set(int(l) for l in layers)), names, len(token_ids), shard_rows, fingerprint,
-                            dtype=str(dtype).removeprefix("torch."))
+    store = ActivationStore(
+        root,
+        sorted(set(int(l) for l in layers)),
+        names,
+        len(token_ids),
+        shard_rows,
+        fingerprint,
+        dtype=str(dtype).removeprefix("torch."),
+    )
     if (root / "meta.json").exists():
         old = ActivationStore.open(root)
-        if (old.fingerprint, old.layers, old.rows, old.shard_rows, old.position_names) != (fingerprint, store.layers, store.rows, shard_rows, names):
-            raise LmlabError(f"{root}: holds a different capture (fingerprint {old.fingerprint!r})", hint="use another output directory or delete this one")
+        if (old.fingerprint, old.layers, old.rows, old.shard_rows, old.position_names) != (
+            fingerprint,
+            store.layers,
+            store.rows,
+            shard_rows,
+            names,
+        ):
+            raise LmlabError(
+                f"{root}: holds a different capture (fingerprint {old.fingerprint!r})",
+                hint="use another output directory or delete this one",
+            )
         store.hidden = old.hidden
     root.mkdir(parents=True, exist_ok=True)
     store.save_meta()
@@ -155,7 +179,9 @@ def capture(
         acts = {l: [] for l in store.layers}
         for br in _batches(len(rows), batch_size):
             idx = [rows[j] for j in br]
-            batch_acts = capture_batch(fn, [token_ids[r] for r in idx], [positions[r] for r in idx], store.layers, device)
+            batch_acts = capture_batch(
+                fn, [token_ids[r] for r in idx], [positions[r] for r in idx], store.layers, device
+            )
             for l, a in batch_acts.items():
                 acts[l].append(a.to("cpu", dtype))
         tensors = {f"layer.{l}": torch.cat(v).contiguous() for l, v in acts.items()}
@@ -169,15 +195,23 @@ def capture(
 
 
 @torch.inference_mode()
-def capture_batch(fn: HiddenFn, token_ids: Sequence[Sequence[int]], positions: Sequence[Sequence[int]],
-                  layers: Sequence[int], device: torch.device | str = "cpu") -> dict[int, Tensor]:
+def capture_batch(
+    fn: HiddenFn,
+    token_ids: Sequence[Sequence[int]],
+    positions: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    device: torch.device | str = "cpu",
+) -> dict[int, Tensor]:
     """One forward pass over right-padded rows -> {layer: [B, P, H]} gathered at each row's positions."""
     lengths = [len(x) for x in token_ids]
     T = max(lengths)
     ids = torch.tensor([list(x) + [0] * (T - len(x)) for x in token_ids], device=device)
     hidden = fn(ids, lengths)
     if max(layers) >= len(hidden) or min(layers) < 0:
-        raise LmlabError(f"layer {max(layers)} out of range: the model has hidden states 0..{len(hidden) - 1}", hint="0 = embeddings, L = last layer")
+        raise LmlabError(
+            f"layer {max(layers)} out of range: the model has hidden states 0..{len(hidden) - 1}",
+            hint="0 = embeddings, L = last layer",
+        )
     pos = torch.tensor([list(p) for p in positions], device=hidden[0].device)
     rows = torch.arange(len(lengths), device=pos.device)[:, None]
     return {l: hidden[l][rows, pos] for l in layers}

@@ -11,7 +11,9 @@ import typer
 
 from lmlab.core.errors import LmlabError
 
-sub = typer.Typer(no_args_is_help=True, help="Probe hidden states for numbers (arXiv:2401.03735) and capture activations.")
+sub = typer.Typer(
+    no_args_is_help=True, help="Probe hidden states for numbers (arXiv:2401.03735) and capture activations."
+)
 
 
 def _ints(text: Optional[str], what: str) -> Optional[list[int]]:
@@ -26,17 +28,27 @@ def _ints(text: Optional[str], what: str) -> Optional[list[int]]:
 @sub.command()
 def numbers(
     json_path: Path = typer.Option(..., "--json", help="Write the results here."),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Alias, checkpoint dir, .gguf file or hub id."),
-    data: Optional[Path] = typer.Option(None, "--data", help="NumProbe-format JSON lines (default ../shared/data/numprobe/raw.jsonl)."),
+    model: str = typer.Option(
+        "smollm2-135m-instruct", "--model", "-m", help="Alias, checkpoint dir, .gguf file or hub id."
+    ),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="NumProbe-format JSON lines (default ../shared/data/numprobe/raw.jsonl)."
+    ),
     quick: bool = typer.Option(False, "--quick", help="Minutes-scale subset (the reproduction's settings)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Hidden-state indices, e.g. 0,5,10 (default all)."),
-    mlp_layers: Optional[str] = typer.Option(None, "--mlp-layers", help="Layers that also get an MLP probe ('' for none; default all)."),
+    mlp_layers: Optional[str] = typer.Option(
+        None, "--mlp-layers", help="Layers that also get an MLP probe ('' for none; default all)."
+    ),
     train_per_digit: Optional[int] = typer.Option(None, "--train-per-digit"),
     test_per_digit: Optional[int] = typer.Option(None, "--test-per-digit"),
-    random_init: bool = typer.Option(True, "--random-init/--no-random-init", help="Also probe a random-init copy (control)."),
+    random_init: bool = typer.Option(
+        True, "--random-init/--no-random-init", help="Also probe a random-init copy (control)."
+    ),
     addition_per_digit: Optional[int] = typer.Option(None, "--addition-per-digit"),
     steer_prompts: Optional[int] = typer.Option(None, "--steer-prompts", help="0 disables steering."),
-    steer_alpha: Optional[float] = typer.Option(None, "--steer-alpha", help="Step as a fraction of the mean residual norm."),
+    steer_alpha: Optional[float] = typer.Option(
+        None, "--steer-alpha", help="Step as a fraction of the mean residual norm."
+    ),
     steer_window: Optional[int] = typer.Option(None, "--steer-window"),
     figures: Optional[Path] = typer.Option(None, "--figures", help="Also write the figures into this folder."),
     device: str = typer.Option("cpu", "--device"),
@@ -48,11 +60,24 @@ def numbers(
     from .experiment import NumbersConfig, quick_config, run_numbers
 
     cfg = quick_config(model) if quick else NumbersConfig(model=model)
-    cfg.data, cfg.device, cfg.dtype, cfg.batch_size, cfg.seed, cfg.random_init = (str(data) if data else None), device, dtype, batch_size, seed, random_init
-    for name, value in (("layers", _ints(layers, "--layers")), ("mlp_layers", _ints(mlp_layers, "--mlp-layers")),
-                        ("train_per_digit", train_per_digit), ("test_per_digit", test_per_digit),
-                        ("addition_per_digit", addition_per_digit), ("steer_prompts", steer_prompts),
-                        ("steer_alpha", steer_alpha), ("steer_window", steer_window)):
+    cfg.data, cfg.device, cfg.dtype, cfg.batch_size, cfg.seed, cfg.random_init = (
+        (str(data) if data else None),
+        device,
+        dtype,
+        batch_size,
+        seed,
+        random_init,
+    )
+    for name, value in (
+        ("layers", _ints(layers, "--layers")),
+        ("mlp_layers", _ints(mlp_layers, "--mlp-layers")),
+        ("train_per_digit", train_per_digit),
+        ("test_per_digit", test_per_digit),
+        ("addition_per_digit", addition_per_digit),
+        ("steer_prompts", steer_prompts),
+        ("steer_alpha", steer_alpha),
+        ("steer_window", steer_window),
+    ):
         if value is not None:
             setattr(cfg, name, value)
     result = run_numbers(cfg)
@@ -67,14 +92,21 @@ def numbers(
             plots.heatmaps(result, figures, m)
         plots.r2_by_digits(result, figures)
         plots.steering(result, figures)
-    best = max((r for r in result["layers"] if r["probe"] == "ridge" and r["position"] == "last" and r["target"] == "sum"), key=lambda r: r["r2"])
-    typer.echo(f"best Ridge R2 for log2(a+b) at the last token: {best['r2']:.3f} (layer {best['layer']}); results: {json_path}")
+    best = max(
+        (r for r in result["layers"] if r["probe"] == "ridge" and r["position"] == "last" and r["target"] == "sum"),
+        key=lambda r: r["r2"],
+    )
+    typer.echo(
+        f"best Ridge R2 for log2(a+b) at the last token: {best['r2']:.3f} (layer {best['layer']}); results: {json_path}"
+    )
 
 
 @sub.command()
 def capture(
     out: Path = typer.Option(..., "--out", help="Activation store directory (resumes if it exists)."),
-    data: Path = typer.Option(..., "--data", help="JSON lines: {'text': ...} rows (last token) or NumProbe rows (a, b, last)."),
+    data: Path = typer.Option(
+        ..., "--data", help="JSON lines: {'text': ...} rows (last token) or NumProbe rows (a, b, last)."
+    ),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
     layers: Optional[str] = typer.Option(None, "--layers", help="Hidden-state indices (default all)."),
     backend: str = typer.Option("native", "--backend", help="native | transformers"),
@@ -82,14 +114,18 @@ def capture(
     dtype: str = typer.Option("float32", "--dtype", help="Model dtype."),
     store_dtype: str = typer.Option("float32", "--store-dtype", help="float32 | float16 on disk."),
     batch_size: int = typer.Option(32, "--batch-size"),
-    shard_rows: int = typer.Option(256, "--shard-rows", help="Rows per shard (memory held while capturing: rows x layers x positions x hidden)."),
+    shard_rows: int = typer.Option(
+        256, "--shard-rows", help="Rows per shard (memory held while capturing: rows x layers x positions x hidden)."
+    ),
 ) -> None:
     """Capture residual-stream activations for a data set into safetensors shards (resumable)."""
     import torch
 
-    from . import data as D
-    from .capture import capture as run_capture, hf_hidden_fn, native_hidden_fn
     from lmlab.core.loader import load_model, load_tokenizer, resolve
+
+    from . import data as D
+    from .capture import capture as run_capture
+    from .capture import hf_hidden_fn, native_hidden_fn
 
     texts, rows = _read_capture_rows(data)
     if backend == "native":
@@ -99,7 +135,14 @@ def capture(
         from transformers import AutoModelForCausalLM
 
         folder = resolve(model)
-        hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype))).to(device).eval()
+        hf = (
+            AutoModelForCausalLM.from_pretrained(
+                str(folder),
+                dtype=getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype)),
+            )
+            .to(device)
+            .eval()
+        )
         fn, tok, n_hidden = hf_hidden_fn(hf), load_tokenizer(folder), hf.config.num_hidden_layers + 1
     else:
         raise LmlabError(f"--backend {backend!r}", hint="native or transformers")
@@ -113,9 +156,20 @@ def capture(
     sd = {"float32": torch.float32, "float16": torch.float16}.get(store_dtype)
     if sd is None:
         raise LmlabError(f"--store-dtype {store_dtype!r}", hint="float32 or float16")
-    store = run_capture(fn, ids, pos, chosen, out, position_names=names, fingerprint=f"{model}|{backend}|{data}|{dtype}",
-                        batch_size=batch_size, shard_rows=shard_rows, device=device, dtype=sd,
-                        progress=lambda done, total: print(f"\r{done}/{total} rows", end="", file=sys.stderr, flush=True))
+    store = run_capture(
+        fn,
+        ids,
+        pos,
+        chosen,
+        out,
+        position_names=names,
+        fingerprint=f"{model}|{backend}|{data}|{dtype}",
+        batch_size=batch_size,
+        shard_rows=shard_rows,
+        device=device,
+        dtype=sd,
+        progress=lambda done, total: print(f"\r{done}/{total} rows", end="", file=sys.stderr, flush=True),
+    )
     typer.echo(f"\n{store.rows} rows x {len(store.layers)} layers x {len(names)} positions -> {out}")
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from lmlab.core.errors import LmlabError
 from lmlab.core.paths import shared_data
@@ -47,7 +48,9 @@ def load_problems(path: str | Path | None = None) -> list[Problem]:
     """Read NumProbe-format JSON lines (`id`, `num_digits`, `a`, `b`, `split`; `golden` checked if present)."""
     path = Path(path) if path is not None else default_data()
     if not path.exists():
-        raise LmlabError(f"{path}: no such file", hint="pass a JSON-lines file of addition problems (see `lmlab probe make-data`)")
+        raise LmlabError(
+            f"{path}: no such file", hint="pass a JSON-lines file of addition problems (see `lmlab probe make-data`)"
+        )
     out: list[Problem] = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -69,18 +72,27 @@ def _parse_row(path: Path, n: int, line: str) -> Problem:
         raise LmlabError(f"{where}: expected a JSON object")
     for key in ("a", "b"):
         if not isinstance(row.get(key), int) or isinstance(row.get(key), bool) or row[key] <= 0:
-            raise LmlabError(f"{where}: field {key!r} must be a positive integer, got {row.get(key)!r}", hint="log2 targets need a, b > 0")
+            raise LmlabError(
+                f"{where}: field {key!r} must be a positive integer, got {row.get(key)!r}",
+                hint="log2 targets need a, b > 0",
+            )
     split = row.get("split", "test")
     if split not in SPLITS:
         raise LmlabError(f"{where}: field 'split' is {split!r}", hint=f"use one of {', '.join(SPLITS)}")
     if "golden" in row and row["golden"] != row["a"] + row["b"]:
-        raise LmlabError(f"{where}: golden {row['golden']} != a + b = {row['a'] + row['b']}", hint="fix or drop the golden field")
+        raise LmlabError(
+            f"{where}: golden {row['golden']} != a + b = {row['a'] + row['b']}", hint="fix or drop the golden field"
+        )
     digits = row.get("num_digits", len(str(max(row["a"], row["b"]))))
     return Problem(int(row.get("id", n - 1)), int(digits), row["a"], row["b"], split)
 
 
-def generate_problems(digits: Sequence[int] = range(2, 11), per_digit: int = 1000, seed: int = 0,
-                      split_fracs: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> list[Problem]:
+def generate_problems(
+    digits: Sequence[int] = range(2, 11),
+    per_digit: int = 1000,
+    seed: int = 0,
+    split_fracs: tuple[float, float, float] = (0.8, 0.1, 0.1),
+) -> list[Problem]:
     """A fresh NumProbe-style set: both operands uniform among `d`-digit numbers, split 80/10/10 per digit count."""
     rng = random.Random(seed)
     out: list[Problem] = []
@@ -99,7 +111,10 @@ def generate_problems(digits: Sequence[int] = range(2, 11), per_digit: int = 100
 def write_problems(problems: Sequence[Problem], path: str | Path) -> None:
     from lmlab.core.paths import atomic_write_text
 
-    lines = [json.dumps({"id": p.id, "num_digits": p.digits, "a": p.a, "b": p.b, "golden": p.sum, "split": p.split}) for p in problems]
+    lines = [
+        json.dumps({"id": p.id, "num_digits": p.digits, "a": p.a, "b": p.b, "golden": p.sum, "split": p.split})
+        for p in problems
+    ]
     atomic_write_text(Path(path), "\n".join(lines) + "\n")
 
 
@@ -136,4 +151,6 @@ def _last_token_before(offsets: Sequence[tuple[int, int]], end: int) -> int:
     for i, (s, e) in enumerate(offsets):
         if s <= end - 1 < e:
             return i
-    raise LmlabError("tokenizer offsets do not cover the number", hint="use a fast (Rust) tokenizer that returns offsets")
+    raise LmlabError(
+        "tokenizer offsets do not cover the number", hint="use a fast (Rust) tokenizer that returns offsets"
+    )

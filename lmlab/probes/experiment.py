@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,8 +54,16 @@ def quick_config(model: str = DEFAULT_MODEL, seed: int = 0) -> NumbersConfig:
     """The minutes-scale subset used by `lmlab reproduce --quick` and `lmlab probe numbers --quick`: all hidden
     states, 40 train / 15 test prompts per digit count, MLP probes on every 6th layer, 16 steering prompts on
     windows starting every 6th layer."""
-    return NumbersConfig(model=model, train_per_digit=40, test_per_digit=15, mlp_layers=list(range(0, 64, 6)),
-                         addition_per_digit=6, steer_prompts=16, steer_starts=list(range(1, 64, 6)), seed=seed)
+    return NumbersConfig(
+        model=model,
+        train_per_digit=40,
+        test_per_digit=15,
+        mlp_layers=list(range(0, 64, 6)),
+        addition_per_digit=6,
+        steer_prompts=16,
+        steer_starts=list(range(1, 64, 6)),
+        seed=seed,
+    )
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -65,18 +74,42 @@ def _log(msg: str) -> None:
     print(f"[probe] {msg}", file=sys.stderr, flush=True)
 
 
-def capture_numbers(model: Transformer, tag: str, ids: list[list[int]], pos: list[list[int]], layers: list[int],
-                    batch_size: int, log: Callable[[str], None] = _log) -> ActivationStore:
+def capture_numbers(
+    model: Transformer,
+    tag: str,
+    ids: list[list[int]],
+    pos: list[list[int]],
+    layers: list[int],
+    batch_size: int,
+    log: Callable[[str], None] = _log,
+) -> ActivationStore:
     fp = _fingerprint(tag, ids, pos, layers)
     root = cache_dir("probes", "captures", fp)
     log(f"capturing {len(ids)} prompts x {len(layers)} layers x {len(D.POSITIONS)} positions -> {root}")
-    return capture(native_hidden_fn(model), ids, pos, layers, root, position_names=D.POSITIONS, fingerprint=fp,
-                   batch_size=batch_size, device=model.device)
+    return capture(
+        native_hidden_fn(model),
+        ids,
+        pos,
+        layers,
+        root,
+        position_names=D.POSITIONS,
+        fingerprint=fp,
+        batch_size=batch_size,
+        device=model.device,
+    )
 
 
-def probe_store(store: ActivationStore, train_idx: np.ndarray, test_idx: np.ndarray, y: np.ndarray, digits: np.ndarray,
-                kinds_for: Callable[[int], Sequence[str]], ridge_alpha: float, seed: int,
-                log: Callable[[str], None] = _log) -> tuple[list[dict[str, Any]], dict[int, np.ndarray], dict[int, float]]:
+def probe_store(
+    store: ActivationStore,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    y: np.ndarray,
+    digits: np.ndarray,
+    kinds_for: Callable[[int], Sequence[str]],
+    ridge_alpha: float,
+    seed: int,
+    log: Callable[[str], None] = _log,
+) -> tuple[list[dict[str, Any]], dict[int, np.ndarray], dict[int, float]]:
     """All probes on one capture. Returns result rows, the 'sum' Ridge direction at the last position per
     layer (for steering) and the mean residual norm at the last position per layer."""
     rows: list[dict[str, Any]] = []
@@ -93,9 +126,23 @@ def probe_store(store: ActivationStore, train_idx: np.ndarray, test_idx: np.ndar
                     dirs[layer] = direction(probe, D.TARGETS.index("sum"))
                 for ti, target in enumerate(D.TARGETS):
                     yt, pt = y[test_idx, ti], pred[:, ti]
-                    by = {int(d): metrics(yt[digits[test_idx] == d], pt[digits[test_idx] == d]) for d in np.unique(digits[test_idx])}
-                    rows.append({"layer": layer, "position": pname, "target": target, "probe": kind, **metrics(yt, pt), "by_digits": by})
-        log(f"layer {layer}: ridge R2(sum@last) = {next(r['r2'] for r in rows[::-1] if r['probe'] == 'ridge' and r['position'] == 'last' and r['target'] == 'sum'):.3f}")
+                    by = {
+                        int(d): metrics(yt[digits[test_idx] == d], pt[digits[test_idx] == d])
+                        for d in np.unique(digits[test_idx])
+                    }
+                    rows.append(
+                        {
+                            "layer": layer,
+                            "position": pname,
+                            "target": target,
+                            "probe": kind,
+                            **metrics(yt, pt),
+                            "by_digits": by,
+                        }
+                    )
+        log(
+            f"layer {layer}: ridge R2(sum@last) = {next(r['r2'] for r in rows[::-1] if r['probe'] == 'ridge' and r['position'] == 'last' and r['target'] == 'sum'):.3f}"
+        )
     return rows, dirs, norms
 
 
@@ -109,7 +156,9 @@ def run_numbers(cfg: NumbersConfig, log: Callable[[str], None] = _log) -> dict[s
     if not train or not test:
         from lmlab.core.errors import LmlabError
 
-        raise LmlabError(f"{cfg.data or D.default_data()}: need rows in both the train and test splits", hint="set the split field")
+        raise LmlabError(
+            f"{cfg.data or D.default_data()}: need rows in both the train and test splits", hint="set the split field"
+        )
     rows = train + test
     ids, pos = D.encode(tok, rows)
     n_hidden = model.cfg.num_layers + 1
@@ -123,15 +172,25 @@ def run_numbers(cfg: NumbersConfig, log: Callable[[str], None] = _log) -> dict[s
     weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in lm.path.glob("*.safetensors"))
     store = capture_numbers(model, f"{lm.path}|{weights}|{cfg.dtype}", ids, pos, layers, cfg.batch_size, log)
     result_rows, dirs, norms = probe_store(store, tr, te, y, digits, kinds, cfg.ridge_alpha, cfg.seed, log)
-    out: dict[str, Any] = {"model": cfg.model, "config": asdict(cfg), "n_train": len(train), "n_test": len(test),
-                           "layers": result_rows, "residual_norm": norms}
+    out: dict[str, Any] = {
+        "model": cfg.model,
+        "config": asdict(cfg),
+        "n_train": len(train),
+        "n_test": len(test),
+        "layers": result_rows,
+        "residual_norm": norms,
+    }
 
     if cfg.random_init:
         torch.manual_seed(cfg.seed)
         with torch.device(model.device):
             rand = Transformer(model.cfg).to(model.dtype).eval()
-        rstore = capture_numbers(rand, f"random-init|{model.cfg}|{cfg.seed}|{cfg.dtype}", ids, pos, layers, cfg.batch_size, log)
-        out["random_init"] = probe_store(rstore, tr, te, y, digits, lambda l: ("ridge",), cfg.ridge_alpha, cfg.seed, log)[0]
+        rstore = capture_numbers(
+            rand, f"random-init|{model.cfg}|{cfg.seed}|{cfg.dtype}", ids, pos, layers, cfg.batch_size, log
+        )
+        out["random_init"] = probe_store(
+            rstore, tr, te, y, digits, lambda l: ("ridge",), cfg.ridge_alpha, cfg.seed, log
+        )[0]
 
     add_set = D.subset(problems, "test", cfg.addition_per_digit, cfg.seed + 1)
     preds: list[int | None] = []
@@ -140,13 +199,22 @@ def run_numbers(cfg: NumbersConfig, log: Callable[[str], None] = _log) -> dict[s
         preds_d = answers(model, tok, D.encode(tok, group)[0], 3 * d + 8, batch_size=cfg.batch_size)
         log(f"addition {d} digits: {np.mean([a == p.sum for a, p in zip(preds_d, group)]):.2f}")
         preds += preds_d
-    out["addition_accuracy"] = addition_accuracy([p for d in sorted({p.digits for p in add_set}) for p in add_set if p.digits == d], preds)
+    out["addition_accuracy"] = addition_accuracy(
+        [p for d in sorted({p.digits for p in add_set}) for p in add_set if p.digits == d], preds
+    )
     out["steering"] = steer(model, tok, problems, dirs, norms, cfg, log)
     return out
 
 
-def steer(model: Transformer, tok: Any, problems: list[D.Problem], dirs: dict[int, np.ndarray], norms: dict[int, float],
-          cfg: NumbersConfig, log: Callable[[str], None] = _log) -> list[dict[str, Any]]:
+def steer(
+    model: Transformer,
+    tok: Any,
+    problems: list[D.Problem],
+    dirs: dict[int, np.ndarray],
+    norms: dict[int, float],
+    cfg: NumbersConfig,
+    log: Callable[[str], None] = _log,
+) -> list[dict[str, Any]]:
     """Rate at which the answer moves the expected way, per window of layers, for +alpha, -alpha and a random
     direction (+alpha; the paper's random-intervention control)."""
     L = model.cfg.num_layers
@@ -159,7 +227,11 @@ def steer(model: Transformer, tok: Any, problems: list[D.Problem], dirs: dict[in
     ids = D.encode(tok, probs)[0]
     max_new = 3 * cfg.steer_digits + 8
     clean = answers(model, tok, ids, max_new, batch_size=cfg.batch_size)
-    starts = [s for s in (cfg.steer_starts if cfg.steer_starts is not None else steerable) if s >= 1 and s + cfg.steer_window - 1 <= L - 1]
+    starts = [
+        s
+        for s in (cfg.steer_starts if cfg.steer_starts is not None else steerable)
+        if s >= 1 and s + cfg.steer_window - 1 <= L - 1
+    ]
     rng = np.random.default_rng(cfg.seed)
     rows = []
     for s in starts:
@@ -174,6 +246,8 @@ def steer(model: Transformer, tok: Any, problems: list[D.Problem], dirs: dict[in
                 hooks.update(add_direction({l: vecs[l]}, sign * cfg.steer_alpha * norms[l], model.dtype, model.device))
             steered = answers(model, tok, ids, max_new, hooks=hooks, batch_size=cfg.batch_size)
             row[name] = moved_rate(clean, steered, sign)
-        log(f"steer layers {window[0]}-{window[-1]}: up {row['up']:.2f} down {row['down']:.2f} random {row['random_up']:.2f}")
+        log(
+            f"steer layers {window[0]}-{window[-1]}: up {row['up']:.2f} down {row['down']:.2f} random {row['random_up']:.2f}"
+        )
         rows.append(row)
     return rows

@@ -24,14 +24,23 @@ def make_probe(kind: str, alpha: float = 0.1, seed: int = 0) -> Any:
     if kind == "ridge":
         return Ridge(alpha=alpha)
     if kind == "mlp":
-        mlp = MLPRegressor(hidden_layer_sizes=(256,), alpha=1e-3, learning_rate_init=1e-3, max_iter=300,
-                           early_stopping=True, n_iter_no_change=10, random_state=seed)
+        mlp = MLPRegressor(
+            hidden_layer_sizes=(256,),
+            alpha=1e-3,
+            learning_rate_init=1e-3,
+            max_iter=300,
+            early_stopping=True,
+            n_iter_no_change=10,
+            random_state=seed,
+        )
         # standardised inputs and targets: log2 values of 10-digit numbers would otherwise stall Adam
         return TransformedTargetRegressor(make_pipeline(StandardScaler(), mlp), transformer=StandardScaler())
     raise ValueError(f"unknown probe kind {kind!r}")
 
 
-def fit_predict(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alpha: float = 0.1, seed: int = 0) -> tuple[Any, np.ndarray]:
+def fit_predict(
+    kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alpha: float = 0.1, seed: int = 0
+) -> tuple[Any, np.ndarray]:
     """Fit on [N, H] -> [N, K] targets; returns the fitted probe and its [M, K] test predictions."""
     import warnings
 

@@ -52,25 +52,39 @@ def r2_by_digits(result: dict[str, Any], out: Path, target: str = "sum", positio
     """R^2 vs layer for each digit count (within-digit-count R^2) plus overall R^2, trained vs random init."""
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    sel = sorted((r for r in result["layers"] if r["probe"] == "ridge" and r["target"] == target and r["position"] == position), key=lambda r: r["layer"])
+    sel = sorted(
+        (r for r in result["layers"] if r["probe"] == "ridge" and r["target"] == target and r["position"] == position),
+        key=lambda r: r["layer"],
+    )
     layers = [r["layer"] for r in sel]
     digits = sorted({int(d) for r in sel for d in r["by_digits"]})
     cmap = plt.get_cmap("plasma")
     for i, d in enumerate(digits):
-        ax1.plot(layers, [r["by_digits"].get(d, r["by_digits"].get(str(d), {})).get("r2", np.nan) for r in sel], color=cmap(i / max(1, len(digits))), label=f"{d} digits")
+        ax1.plot(
+            layers,
+            [r["by_digits"].get(d, r["by_digits"].get(str(d), {})).get("r2", np.nan) for r in sel],
+            color=cmap(i / max(1, len(digits))),
+            label=f"{d} digits",
+        )
     ax1.set_title(f"within-digit-count R² of log2({target}) @{position}", fontsize=9)
     ax1.set_xlabel("layer")
     ax1.set_ylim(-1, 1)
     ax1.legend(fontsize=6, ncol=2)
     ax2.plot(layers, [r["r2"] for r in sel], label="trained")
     for pr in ("mlp",):
-        m = sorted((r for r in result["layers"] if r["probe"] == pr and r["target"] == target and r["position"] == position), key=lambda r: r["layer"])
+        m = sorted(
+            (r for r in result["layers"] if r["probe"] == pr and r["target"] == target and r["position"] == position),
+            key=lambda r: r["layer"],
+        )
         if m:
             ax2.plot([r["layer"] for r in m], [r["r2"] for r in m], "o--", label=f"trained ({pr})")
     within = lambda rs: [float(np.mean([v["r2"] for v in r["by_digits"].values()])) for r in rs]  # noqa: E731
     ax2.plot(layers, within(sel), ":", label="trained, mean within-digit")
     if result.get("random_init"):
-        rnd = sorted((r for r in result["random_init"] if r["target"] == target and r["position"] == position), key=lambda r: r["layer"])
+        rnd = sorted(
+            (r for r in result["random_init"] if r["target"] == target and r["position"] == position),
+            key=lambda r: r["layer"],
+        )
         ax2.plot([r["layer"] for r in rnd], [r["r2"] for r in rnd], label="random init")
         ax2.plot([r["layer"] for r in rnd], within(rnd), ":", label="random init, mean within-digit")
     ax2.set_title(f"R² of log2({target}) @{position}: overall vs within digit count", fontsize=9)
@@ -92,7 +106,16 @@ def steering(result: dict[str, Any], out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 3.4))
     x = [r["start"] for r in rows]
     for key, style in (("up", "o-"), ("down", "s-"), ("random_up", "x--")):
-        ax.plot(x, [r[key] for r in rows], style, label={"up": "+α probe dir (answer ↑)", "down": "−α probe dir (answer ↓)", "random_up": "+α random dir (↑)"}[key])
+        ax.plot(
+            x,
+            [r[key] for r in rows],
+            style,
+            label={
+                "up": "+α probe dir (answer ↑)",
+                "down": "−α probe dir (answer ↓)",
+                "random_up": "+α random dir (↑)",
+            }[key],
+        )
     ax.set_xlabel(f"first layer of the {len(rows[0]['layers'])}-layer window")
     ax.set_ylabel("answers moved as expected")
     ax.set_ylim(0, 1)

@@ -9,7 +9,8 @@ at prefill and each new token while decoding - then compare the greedy answer wi
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,13 +32,19 @@ def parse_answer(text: str) -> int | None:
     return int(m.group().replace(",", "")) if m else None
 
 
-def answers(model: Transformer, tokenizer: Any, token_ids: Sequence[Sequence[int]], max_new_tokens: int,
-            hooks: dict[int, Callable[[Tensor], Tensor]] | None = None, batch_size: int = 32) -> list[int | None]:
+def answers(
+    model: Transformer,
+    tokenizer: Any,
+    token_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    hooks: dict[int, Callable[[Tensor], Tensor]] | None = None,
+    batch_size: int = 32,
+) -> list[int | None]:
     """Greedy answers for prompts (batched; rows of different lengths share a batch without padding waste)."""
     out: list[int | None] = []
     params = SamplingParams(max_new_tokens=max_new_tokens, stop=["\n"])
     for s in range(0, len(token_ids), batch_size):
-        chunk = [list(t) for t in token_ids[s:s + batch_size]]
+        chunk = [list(t) for t in token_ids[s : s + batch_size]]
         kw = {"hooks": _bind(hooks, [len(t) for t in chunk])} if hooks else {}
         out += [parse_answer(g.text) for g in generate(model, tokenizer, chunk, params, **kw)]
     return out
@@ -54,6 +61,7 @@ def _bind(hooks: dict[int, Callable[[Tensor], Tensor]], lengths: list[int]) -> d
             x = x.clone()
             x[rows, cols] = h(x[rows, cols])
             return x
+
         return hook
 
     return {layer: wrap(h) for layer, h in hooks.items()}
@@ -67,9 +75,14 @@ def addition_accuracy(problems: Sequence[Problem], predicted: Sequence[int | Non
     return {d: float(np.mean(v)) for d, v in sorted(by.items())}
 
 
-def add_direction(vectors: dict[int, np.ndarray], alpha: float, dtype: torch.dtype, device: torch.device) -> dict[int, Callable[[Tensor], Tensor]]:
+def add_direction(
+    vectors: dict[int, np.ndarray], alpha: float, dtype: torch.dtype, device: torch.device
+) -> dict[int, Callable[[Tensor], Tensor]]:
     """{block index: h -> h + alpha * v} for unit vectors v (hidden-state index l is block l-1's output)."""
-    return {l - 1: (lambda v: (lambda h: h + v))(torch.tensor(alpha * u, dtype=dtype, device=device)) for l, u in vectors.items()}
+    return {
+        l - 1: (lambda v: lambda h: h + v)(torch.tensor(alpha * u, dtype=dtype, device=device))
+        for l, u in vectors.items()
+    }
 
 
 def moved_rate(clean: Sequence[int | None], steered: Sequence[int | None], sign: float) -> float:

@@ -16,17 +16,17 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from lmlab.core.data import write_jsonl
 from lmlab.core.engine import SamplingParams, make_generator
 from lmlab.core.errors import LmlabError
 from lmlab.core.loader import LoadedModel
 
 from .complete import complete_cuts
-from lmlab.core.data import write_jsonl
-
 from .data import Problem, StepSolution, extract_answer, is_correct, to_math_shepherd, to_row, to_trl
 from .policy import encode_prompt
 
@@ -58,7 +58,9 @@ def newline_token_ids(tokenizer: Any) -> set[int]:
     return {i for t, i in tokenizer.get_vocab().items() if "\n" in tokenizer.convert_tokens_to_string([t])}
 
 
-def annotate_problem(lm: LoadedModel, p: Problem, cfg: AnnotateConfig, newline_ids: set[int]) -> tuple[list[dict[str, Any]], int]:
+def annotate_problem(
+    lm: LoadedModel, p: Problem, cfg: AnnotateConfig, newline_ids: set[int]
+) -> tuple[list[dict[str, Any]], int]:
     """Sampled solutions of one problem with soft/hard step labels; also returns the completions drawn."""
     tok = lm.tokenizer
     gen = make_generator(problem_seed(cfg.seed, p.id), lm.model.device)
@@ -71,15 +73,27 @@ def annotate_problem(lm: LoadedModel, p: Problem, cfg: AnnotateConfig, newline_i
     seqs = [prompt + s for s in sols]
     ends = [step_ends(s, newline_ids) for s in sols]
     cuts = [[len(prompt) + e for e in es[:-1]] for es in ends]  # the last step is judged by its own answer
-    runs = complete_cuts(lm.model, tok, seqs, cuts, cfg.n, params, gen, cfg.max_rows) if any(cuts) else [[] for _ in seqs]
+    runs = (
+        complete_cuts(lm.model, tok, seqs, cuts, cfg.n, params, gen, cfg.max_rows) if any(cuts) else [[] for _ in seqs]
+    )
     rows = []
     for s, es, comps in zip(sols, ends, runs):
         steps = [tok.decode(s[a:b], skip_special_tokens=True).strip() for a, b in zip([0] + es[:-1], es)]
         answer = extract_answer(tok.decode(s, skip_special_tokens=True))
-        soft = [sum(is_correct(extract_answer(tok.decode(c, skip_special_tokens=True)), p.answer) for c in cs) / cfg.n for cs in comps]
+        soft = [
+            sum(is_correct(extract_answer(tok.decode(c, skip_special_tokens=True)), p.answer) for c in cs) / cfg.n
+            for cs in comps
+        ]
         soft.append(float(is_correct(answer, p.answer)))
-        rows.append({"steps": steps, "soft": soft, "hard": [float(x > 0) for x in soft], "answer": answer,
-                     "correct": is_correct(answer, p.answer)})
+        rows.append(
+            {
+                "steps": steps,
+                "soft": soft,
+                "hard": [float(x > 0) for x in soft],
+                "answer": answer,
+                "correct": is_correct(answer, p.answer),
+            }
+        )
     return rows, cfg.n * sum(len(c) for c in cuts) + cfg.samples
 
 
@@ -99,7 +113,9 @@ def _load_done(path: Path) -> dict[str, dict[str, Any]]:
             row = json.loads(line)
             done[row["id"]] = row
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise LmlabError(f"{path}:{no}: not an annotation row", hint="delete the file or pick another --out") from None
+            raise LmlabError(
+                f"{path}:{no}: not an annotation row", hint="delete the file or pick another --out"
+            ) from None
     return done
 
 
@@ -115,12 +131,21 @@ def _append(path: Path, row: dict[str, Any]) -> None:
 
 def solutions_of(rows: list[dict[str, Any]], which: str = "soft") -> list[StepSolution]:
     """Annotation rows -> StepSolutions with soft or hard labels."""
-    return [StepSolution(r["question"], s["steps"], list(s[which]), s["answer"], r["gold"], f"{r['id']}#{k}")
-            for r in rows for k, s in enumerate(r["solutions"])]
+    return [
+        StepSolution(r["question"], s["steps"], list(s[which]), s["answer"], r["gold"], f"{r['id']}#{k}")
+        for r in rows
+        for k, s in enumerate(r["solutions"])
+    ]
 
 
-def annotate(lm: LoadedModel, problems: list[Problem], out_dir: Path, cfg: AnnotateConfig,
-             progress: bool = True, on_problem: Callable[[int], None] | None = None) -> dict[str, Any]:
+def annotate(
+    lm: LoadedModel,
+    problems: list[Problem],
+    out_dir: Path,
+    cfg: AnnotateConfig,
+    progress: bool = True,
+    on_problem: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Annotate every problem not yet in out_dir/annotations.jsonl, then (re)write the exports:
     solutions.jsonl (lmlab rows, soft labels), math_shepherd.jsonl and trl.jsonl (hard labels)."""
     from tqdm.auto import tqdm
@@ -131,13 +156,23 @@ def annotate(lm: LoadedModel, problems: list[Problem], out_dir: Path, cfg: Annot
     meta = {"config": asdict(cfg), "model": str(lm.path)}
     meta_path = out_dir / "annotate_config.json"
     if meta_path.exists() and json.loads(meta_path.read_text())["config"] != meta["config"]:
-        raise LmlabError(f"{out_dir}: holds annotations made with another configuration", hint="use a new --out folder or the same settings")
+        raise LmlabError(
+            f"{out_dir}: holds annotations made with another configuration",
+            hint="use a new --out folder or the same settings",
+        )
     meta_path.write_text(json.dumps(meta, indent=2))
     done = _load_done(store)
     todo = [p for p in problems if p.id not in done]
     nl = newline_token_ids(lm.tokenizer)
     completions, t0 = 0, time.time()
-    bar = tqdm(todo, desc="annotate", unit="problem", disable=not progress, initial=len(problems) - len(todo), total=len(problems))
+    bar = tqdm(
+        todo,
+        desc="annotate",
+        unit="problem",
+        disable=not progress,
+        initial=len(problems) - len(todo),
+        total=len(problems),
+    )
     for p in bar:
         sols, k = annotate_problem(lm, p, cfg, nl)
         row = {"id": p.id, "question": p.question, "gold": p.answer, "solutions": sols}
@@ -153,5 +188,10 @@ def annotate(lm: LoadedModel, problems: list[Problem], out_dir: Path, cfg: Annot
     write_jsonl(out_dir / "solutions.jsonl", (to_row(s) for s in soft))
     write_jsonl(out_dir / "math_shepherd.jsonl", (to_math_shepherd(s) for s in hard))
     write_jsonl(out_dir / "trl.jsonl", (to_trl(s) for s in hard))
-    return {"problems": len(rows), "new_problems": len(todo), "completions": completions, "seconds": seconds,
-            "completions_per_s": completions / seconds if seconds > 0 and completions else 0.0}
+    return {
+        "problems": len(rows),
+        "new_problems": len(todo),
+        "completions": completions,
+        "seconds": seconds,
+        "completions_per_s": completions / seconds if seconds > 0 and completions else 0.0,
+    }

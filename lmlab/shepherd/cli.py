@@ -10,7 +10,9 @@ import typer
 
 from lmlab.core.errors import LmlabError
 
-app = typer.Typer(no_args_is_help=True, help="Math-Shepherd: MC step labels, process reward model, best-of-N verification.")
+app = typer.Typer(
+    no_args_is_help=True, help="Math-Shepherd: MC step labels, process reward model, best-of-N verification."
+)
 
 
 def _problems(source: str, n: int, seed: int, min_steps: int, max_steps: int, max_value: int, split: str):
@@ -28,9 +30,12 @@ def _problems(source: str, n: int, seed: int, min_steps: int, max_steps: int, ma
 
 
 @app.command("train-policy")
-def train_policy_cmd(steps: int = typer.Option(800, help="Optimizer steps."), seed: int = typer.Option(0),
-                     eval_problems: int = typer.Option(200, help="Held-out problems for the greedy accuracy."),
-                     device: str = typer.Option("cpu")) -> None:
+def train_policy_cmd(
+    steps: int = typer.Option(800, help="Optimizer steps."),
+    seed: int = typer.Option(0),
+    eval_problems: int = typer.Option(200, help="Held-out problems for the greedy accuracy."),
+    device: str = typer.Option("cpu"),
+) -> None:
     """Train (or find cached) the tiny policy on the synthetic world; prints its path and greedy accuracy."""
     from lmlab.core.loader import load_model
 
@@ -39,7 +44,9 @@ def train_policy_cmd(steps: int = typer.Option(800, help="Optimizer steps."), se
 
     cfg = PolicyConfig(steps=steps, seed=seed)
     path = train_policy(cfg, progress=True, device=device)
-    acc = greedy_accuracy(load_model(str(path), device=device), make_problems(eval_problems, seed, cfg.difficulty, "test"))
+    acc = greedy_accuracy(
+        load_model(str(path), device=device), make_problems(eval_problems, seed, cfg.difficulty, "test")
+    )
     typer.echo(f"policy: {path}\ngreedy accuracy on {eval_problems} held-out problems: {acc:.3f}")
 
 
@@ -54,14 +61,17 @@ def annotate(
     temperature: float = typer.Option(1.0),
     max_new_tokens: int = typer.Option(96),
     seed: int = typer.Option(0),
-    min_steps: int = typer.Option(2), max_steps: int = typer.Option(5), max_value: int = typer.Option(30),
+    min_steps: int = typer.Option(2),
+    max_steps: int = typer.Option(5),
+    max_value: int = typer.Option(30),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Label each step of sampled solutions by N completions (hard + soft); writes Math-Shepherd and trl jsonl."""
     from lmlab.core.loader import load_model
 
     from . import policy  # noqa: F401  (registers the shepherd-policy alias)
-    from .annotate import AnnotateConfig, annotate as run
+    from .annotate import AnnotateConfig
+    from .annotate import annotate as run
 
     probs = _problems(source, problems, seed, min_steps, max_steps, max_value, "train")
     cfg = AnnotateConfig(n=n, samples=samples, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
@@ -76,7 +86,9 @@ def train_prm_cmd(
     init: str = typer.Option("shepherd-policy", help="Model to fine-tune (the paper starts from the policy)."),
     mode: str = typer.Option("prm", help="prm | orm"),
     targets: str = typer.Option("hard", help="hard | soft (prm only)"),
-    steps: int = typer.Option(300), lr: float = typer.Option(1e-3), batch_size: int = typer.Option(32),
+    steps: int = typer.Option(300),
+    lr: float = typer.Option(1e-3),
+    batch_size: int = typer.Option(32),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Fine-tune a PRM (loss at step tags only) or an ORM (final-answer correctness) with the LM head."""
@@ -91,11 +103,17 @@ def train_prm_cmd(
 
 @app.command()
 def score(
-    question: str = typer.Argument(...), steps: list[str] = typer.Argument(..., help="Solution steps, one argument each."),
-    model: str = typer.Option(..., "--model", "-m", help="PRM checkpoint, alias or hub id (e.g. peiyi9979/math-shepherd-mistral-7b-prm)."),
+    question: str = typer.Argument(...),
+    steps: list[str] = typer.Argument(..., help="Solution steps, one argument each."),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="PRM checkpoint, alias or hub id (e.g. peiyi9979/math-shepherd-mistral-7b-prm)."
+    ),
     style: str = typer.Option("lmlab", help="lmlab | math-shepherd (input format)"),
-    step_tag: str = typer.Option("ки"), good: str = typer.Option("+"), bad: str = typer.Option("-"),
-    dtype: str = typer.Option("float32"), device: str = typer.Option("cpu"),
+    step_tag: str = typer.Option("ки"),
+    good: str = typer.Option("+"),
+    bad: str = typer.Option("-"),
+    dtype: str = typer.Option("float32"),
+    device: str = typer.Option("cpu"),
 ) -> None:
     """Print P(good) at each step (the per-step reward)."""
     from .prm import PRM, PRMFormat
@@ -112,9 +130,13 @@ def verify(
     model: str = typer.Option("shepherd-policy", "--model", "-m", help="Policy."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the result JSON here."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG plot here."),
-    problems: int = typer.Option(100), ns: list[int] = typer.Option([1, 4, 16, 64], "--n"),
-    temperature: float = typer.Option(0.7), seed: int = typer.Option(0),
-    min_steps: int = typer.Option(2), max_steps: int = typer.Option(5), max_value: int = typer.Option(30),
+    problems: int = typer.Option(100),
+    ns: list[int] = typer.Option([1, 4, 16, 64], "--n"),
+    temperature: float = typer.Option(0.7),
+    seed: int = typer.Option(0),
+    min_steps: int = typer.Option(2),
+    max_steps: int = typer.Option(5),
+    max_value: int = typer.Option(30),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Accuracy of SC, ORM, PRM and SC+PRM best-of-N on held-out problems, with bootstrap 95 % intervals."""

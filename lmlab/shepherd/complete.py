@@ -12,7 +12,8 @@ is fast (see benchmarks/shepherd_bench.py).
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -62,7 +63,7 @@ def complete_cuts(
     out: list[list[list[list[int]]]] = [[[] for _ in cs] for cs in cuts]
     per_chunk = max(n, max_rows - max_rows % n)
     for start in range(0, len(jobs), per_chunk):
-        chunk = jobs[start:start + per_chunk]
+        chunk = jobs[start : start + per_chunk]
         cache = _fan_out(base, [b for b, _, _ in chunk], [c for _, _, c in chunk], dev)
         pos = torch.tensor([[b, c - 1] for b, _, c in chunk], device=dev)
         logits = model.lm_head(hidden[pos[:, 0], pos[:, 1]])  # next-token logits at each cut
@@ -72,8 +73,15 @@ def complete_cuts(
     return out
 
 
-def _decode(model: Transformer, cache: KVCache, logits: torch.Tensor, params: SamplingParams,
-            gen: torch.Generator | None, stops: set[int], max_new: int) -> list[list[int]]:
+def _decode(
+    model: Transformer,
+    cache: KVCache,
+    logits: torch.Tensor,
+    params: SamplingParams,
+    gen: torch.Generator | None,
+    stops: set[int],
+    max_new: int,
+) -> list[list[int]]:
     """Decode every cache row until a stop token or max_new tokens; finished rows leave the batch."""
     rows = list(range(cache.batch))
     tokens: list[list[int]] = [[] for _ in rows]

@@ -19,9 +19,10 @@ import json
 import logging
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -82,7 +83,9 @@ class PolicyConfig:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def lm_batches(tok: Any, problems: list[Problem], batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def lm_batches(
+    tok: Any, problems: list[Problem], batch_size: int, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless shuffled batches; the loss covers only the solution and EOS (the question is given)."""
     rng = random.Random(seed)
     eos, pad = tok.eos_token_id, tok.pad_token_id
@@ -99,11 +102,13 @@ def lm_batches(tok: Any, problems: list[Problem], batch_size: int, seed: int) ->
         for i, (q, a) in enumerate(batch):
             seq = torch.tensor(q + a)
             ids[i, : len(seq) - 1] = seq[:-1]
-            tgt[i, len(q) - 1 : len(seq) - 1] = seq[len(q):]
+            tgt[i, len(q) - 1 : len(seq) - 1] = seq[len(q) :]
         yield ids, tgt
 
 
-def train_policy(cfg: PolicyConfig | None = None, out: Path | None = None, progress: bool = False, device: str = "cpu") -> Path:
+def train_policy(
+    cfg: PolicyConfig | None = None, out: Path | None = None, progress: bool = False, device: str = "cpu"
+) -> Path:
     """Train (or find cached) the tiny policy; returns its HF checkpoint directory."""
     cfg = cfg or PolicyConfig()
     out = out or cache_dir("shepherd") / f"policy-{cfg.key()}"
@@ -114,10 +119,20 @@ def train_policy(cfg: PolicyConfig | None = None, out: Path | None = None, progr
     corpus = (prompt_text(p.question) + "\n".join(solution_steps(p)) + "\n" for p in problems[:4000])
     tok = train_bpe_tokenizer(corpus, cfg.vocab_size, ["<|endoftext|>", "<|pad|>", STEP_TAG])
     heads = cfg.num_heads
-    mcfg = ModelConfig(vocab_size=len(tok), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                       num_layers=cfg.num_layers, num_heads=heads, num_kv_heads=heads, head_dim=cfg.hidden_size // heads,
-                       max_position_embeddings=512, tie_word_embeddings=True, model_type="llama",
-                       eos_token_id=tok.eos_token_id, rms_norm_eps=1e-5)
+    mcfg = ModelConfig(
+        vocab_size=len(tok),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_layers=cfg.num_layers,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=cfg.hidden_size // heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        model_type="llama",
+        eos_token_id=tok.eos_token_id,
+        rms_norm_eps=1e-5,
+    )
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg).to(device)
 
@@ -127,11 +142,16 @@ def train_policy(cfg: PolicyConfig | None = None, out: Path | None = None, progr
         return lm_loss(logits, tgt)
 
     tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(100, cfg.steps // 10), seed=cfg.seed, log_every=100)
-    show = (lambda r: log.warning("policy step %d loss %.3f (%.0f s)", r["step"], r["loss"], r["seconds"])) if progress else None
+    show = (
+        (lambda r: log.warning("policy step %d loss %.3f (%.0f s)", r["step"], r["loss"], r["seconds"]))
+        if progress
+        else None
+    )
     train(model, lm_batches(tok, problems, cfg.batch_size, cfg.seed), loss_fn, tc, log=show)
     save_checkpoint(model.cpu(), tok, out)
-    (out / "lmlab_train.json").write_text(json.dumps({"config": asdict(cfg), "seconds": time.time() - t0,
-                                                      "final_loss": tc.history[-1]["loss"]}, indent=2))
+    (out / "lmlab_train.json").write_text(
+        json.dumps({"config": asdict(cfg), "seconds": time.time() - t0, "final_loss": tc.history[-1]["loss"]}, indent=2)
+    )
     return out
 
 
@@ -147,7 +167,7 @@ def greedy_accuracy(lm: LoadedModel, problems: list[Problem], max_new_tokens: in
     correct = 0
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
     for i in range(0, len(problems), batch):
-        chunk = problems[i:i + batch]
+        chunk = problems[i : i + batch]
         gens = generate(lm.model, lm.tokenizer, [encode_prompt(lm.tokenizer, p.question) for p in chunk], params)
         correct += sum(is_correct(extract_answer(g.text), p.answer) for g, p in zip(gens, chunk))
     return correct / max(1, len(problems))

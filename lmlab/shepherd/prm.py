@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +75,9 @@ class PRM:
             raise LmlabError(f"labels {fmt.good!r} and {fmt.bad!r} map to the same token")
 
     @classmethod
-    def load(cls, name: str, fmt: PRMFormat = PRMFormat(), dtype: torch.dtype = torch.float32, device: str = "cpu") -> "PRM":
+    def load(
+        cls, name: str, fmt: PRMFormat = PRMFormat(), dtype: torch.dtype = torch.float32, device: str = "cpu"
+    ) -> PRM:
         lm = load_model(name, dtype=dtype, device=device)
         return cls(lm.model, lm.tokenizer, fmt)
 
@@ -83,17 +86,23 @@ class PRM:
         ids = self.tokenizer(self.fmt.render(question, steps), add_special_tokens=True).input_ids
         pos = [i for i, t in enumerate(ids) if t == self.tag_id]
         if len(pos) != len(steps):
-            raise LmlabError(f"found {len(pos)} step tags for {len(steps)} steps",
-                             hint=f"a step's text must not contain the tag {self.fmt.step_tag!r}, and the tag must tokenize alike everywhere")
+            raise LmlabError(
+                f"found {len(pos)} step tags for {len(steps)} steps",
+                hint=f"a step's text must not contain the tag {self.fmt.step_tag!r}, and the tag must tokenize alike everywhere",
+            )
         return ids, pos
 
-    def _tag_logits(self, batch: list[tuple[list[int], list[int]]], model: torch.nn.Module | None = None) -> list[torch.Tensor]:
+    def _tag_logits(
+        self, batch: list[tuple[list[int], list[int]]], model: torch.nn.Module | None = None
+    ) -> list[torch.Tensor]:
         """Two-way logits ('+', '-') at every tag of every item: a list of [n_tags, 2] tensors."""
         m = model if model is not None else self.model
         T = max(len(ids) for ids, _ in batch)
         dev = self.model.device
         ids = torch.tensor([ids + [0] * (T - len(ids)) for ids, _ in batch], device=dev)
-        hidden = m(ids, self.model.new_cache(len(batch), T), logits="none").last_hidden  # right padding is invisible (causal)
+        hidden = m(
+            ids, self.model.new_cache(len(batch), T), logits="none"
+        ).last_hidden  # right padding is invisible (causal)
         rows = torch.tensor([b for b, (_, pos) in enumerate(batch) for _ in pos], device=dev)
         cols = torch.tensor([p for _, pos in batch for p in pos], device=dev)
         head = self.model.lm_head.weight[self.label_ids]  # [2, H]: only two vocab rows are needed
@@ -107,7 +116,7 @@ class PRM:
         order = sorted(range(len(enc)), key=lambda i: len(enc[i][0]))  # length-sorted batches waste less padding
         scores: dict[int, list[float]] = {}
         for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             for j, lg in zip(idx, self._tag_logits([enc[j] for j in idx])):
                 scores[j] = lg.softmax(-1)[:, 0].tolist()
         return [scores[i] for i in range(len(enc))]
@@ -157,12 +166,22 @@ def _batches(data: list[Any], bs: int, seed: int) -> Iterator[list[Any]]:
         yield rng.sample(data, min(bs, len(data)))
 
 
-def train_reward_model(init: str, solutions: list[StepSolution], cfg: PRMTrainConfig, out: Path | None = None,
-                       fmt: PRMFormat = PRMFormat(), device: str = "cpu") -> Path:
+def train_reward_model(
+    init: str,
+    solutions: list[StepSolution],
+    cfg: PRMTrainConfig,
+    out: Path | None = None,
+    fmt: PRMFormat = PRMFormat(),
+    device: str = "cpu",
+) -> Path:
     """Fine-tune a causal LM (usually the policy) into a PRM or ORM; cached by (init, data, config)."""
     if not solutions:
         raise LmlabError("no training solutions", hint="annotate some problems first")
-    h = hashlib.sha256(json.dumps([init, asdict(cfg), asdict(fmt), [(s.question, s.steps, s.labels, s.answer, s.gold) for s in solutions]]).encode()).hexdigest()[:12]
+    h = hashlib.sha256(
+        json.dumps(
+            [init, asdict(cfg), asdict(fmt), [(s.question, s.steps, s.labels, s.answer, s.gold) for s in solutions]]
+        ).encode()
+    ).hexdigest()[:12]
     out = out or cache_dir("shepherd") / f"{cfg.mode}-{h}"
     if (out / "config.json").exists():
         return out
@@ -178,6 +197,16 @@ def train_reward_model(init: str, solutions: list[StepSolution], cfg: PRMTrainCo
     tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(30, cfg.steps // 10), seed=cfg.seed, weight_decay=0.0)
     train(lm.model, _batches(data, cfg.batch_size, cfg.seed), loss_fn, tc)
     save_checkpoint(lm.model, lm.tokenizer, out)
-    (out / "lmlab_reward.json").write_text(json.dumps({"init": init, "config": asdict(cfg), "format": asdict(fmt),
-                                                       "examples": len(solutions), "final_loss": tc.history[-1]["loss"]}, indent=2))
+    (out / "lmlab_reward.json").write_text(
+        json.dumps(
+            {
+                "init": init,
+                "config": asdict(cfg),
+                "format": asdict(fmt),
+                "examples": len(solutions),
+                "final_loss": tc.history[-1]["loss"],
+            },
+            indent=2,
+        )
+    )
     return out

@@ -36,10 +36,13 @@ def label_quality(rows: list[dict[str, Any]], problems: dict[str, Any]) -> dict[
             soft += s["soft"][:-1]
             truth += t[:-1]
     h, so, tr = np.array(hard), np.array(soft), np.array(truth, dtype=float)
-    return {"steps": int(len(tr)), "true_fraction": float(tr.mean()) if len(tr) else 0.0,
-            "hard_accuracy": float((h == tr).mean()) if len(tr) else 0.0,
-            "soft_accuracy": float(((so >= 0.5) == tr).mean()) if len(tr) else 0.0,
-            "hard_false_positive": float(h[tr == 0].mean()) if (tr == 0).any() else 0.0}
+    return {
+        "steps": int(len(tr)),
+        "true_fraction": float(tr.mean()) if len(tr) else 0.0,
+        "hard_accuracy": float((h == tr).mean()) if len(tr) else 0.0,
+        "soft_accuracy": float(((so >= 0.5) == tr).mean()) if len(tr) else 0.0,
+        "hard_false_positive": float(h[tr == 0].mean()) if (tr == 0).any() else 0.0,
+    }
 
 
 def step_auc(prm: PRM, rows: list[dict[str, Any]], problems: dict[str, Any]) -> float:
@@ -55,8 +58,17 @@ def step_auc(prm: PRM, rows: list[dict[str, Any]], problems: dict[str, Any]) -> 
 def exact_label_solutions(rows: list[dict[str, Any]], problems: dict[str, Any]) -> list[StepSolution]:
     """The same sampled solutions labelled by exact step truth: a diagnostic PRM that separates label noise
     from verifier capacity (not part of the method; the paper has no such oracle)."""
-    return [StepSolution(r["question"], s["steps"], [float(t) for t in step_truth(problems[r["id"]], s["steps"])], s["answer"], r["gold"])
-            for r in rows for s in r["solutions"]]
+    return [
+        StepSolution(
+            r["question"],
+            s["steps"],
+            [float(t) for t in step_truth(problems[r["id"]], s["steps"])],
+            s["answer"],
+            r["gold"],
+        )
+        for r in rows
+        for s in r["solutions"]
+    ]
 
 
 def run(ctx: ReproduceContext) -> Section:
@@ -85,11 +97,23 @@ def run(ctx: ReproduceContext) -> Section:
 
     t = time.time()
     rcfg = dict(steps=150 if q else 600, batch_size=32, lr=1e-3, seed=ctx.seed)
-    prm_path = train_reward_model(str(policy_path), solutions_of(fit_rows, "soft"), PRMTrainConfig(mode="prm", targets="hard", **rcfg))
+    prm_path = train_reward_model(
+        str(policy_path), solutions_of(fit_rows, "soft"), PRMTrainConfig(mode="prm", targets="hard", **rcfg)
+    )
     orm_path = train_reward_model(str(policy_path), solutions_of(fit_rows, "soft"), PRMTrainConfig(mode="orm", **rcfg))
     prm, orm = PRM.load(str(prm_path)), PRM.load(str(orm_path))
-    exact = PRM.load(str(train_reward_model(str(policy_path), exact_label_solutions(fit_rows, by_id), PRMTrainConfig(mode="prm", **rcfg))))
-    auc = {"prm": step_auc(prm, eval_rows, by_id), "orm": step_auc(orm, eval_rows, by_id), "prm_exact_labels": step_auc(exact, eval_rows, by_id)}
+    exact = PRM.load(
+        str(
+            train_reward_model(
+                str(policy_path), exact_label_solutions(fit_rows, by_id), PRMTrainConfig(mode="prm", **rcfg)
+            )
+        )
+    )
+    auc = {
+        "prm": step_auc(prm, eval_rows, by_id),
+        "orm": step_auc(orm, eval_rows, by_id),
+        "prm_exact_labels": step_auc(exact, eval_rows, by_id),
+    }
     timings["train_rm"] = time.time() - t
 
     t = time.time()
@@ -106,17 +130,34 @@ def run(ctx: ReproduceContext) -> Section:
     plot(result, fig, f"Best-of-N on {len(test)} held-out synthetic problems")
     (out / "verify.json").write_text(json.dumps(result, indent=2))
 
-    table = [{"N": n, **{m: f"{result['accuracy'][m][i]:.3f} [{result['ci95'][m][i][0]:.2f}, {result['ci95'][m][i][1]:.2f}]" for m in METHODS},
-              "pass@N": f"{result['pass_at_n'][i]:.3f}"} for i, n in enumerate(ns)]
+    table = [
+        {
+            "N": n,
+            **{
+                m: f"{result['accuracy'][m][i]:.3f} [{result['ci95'][m][i][0]:.2f}, {result['ci95'][m][i][1]:.2f}]"
+                for m in METHODS
+            },
+            "pass@N": f"{result['pass_at_n'][i]:.3f}",
+        }
+        for i, n in enumerate(ns)
+    ]
     a64 = {m: result["accuracy"][m][-1] for m in METHODS}
     md: list[str] = [
         f"Tiny policy ({policy_path.name}, trained on the synthetic world): greedy accuracy **{greedy:.3f}** on {len(test)} held-out problems "
         f"(difficulty {pcfg.difficulty.min_steps}-{pcfg.difficulty.max_steps} steps, values <= {pcfg.difficulty.max_value}).\n",
         f"**Annotation** ({stats['problems']} problems x {acfg.samples} sampled solutions, N={acfg.n} completions per step, "
         f"{stats['completions_per_s']:.0f} completions/s this run):\n",
-        markdown_table([{"steps labelled": quality["steps"], "truly correct": quality["true_fraction"],
-                         "hard label accuracy": quality["hard_accuracy"], "soft (>=0.5) accuracy": quality["soft_accuracy"],
-                         "hard false-positive rate": quality["hard_false_positive"]}]),
+        markdown_table(
+            [
+                {
+                    "steps labelled": quality["steps"],
+                    "truly correct": quality["true_fraction"],
+                    "hard label accuracy": quality["hard_accuracy"],
+                    "soft (>=0.5) accuracy": quality["soft_accuracy"],
+                    "hard false-positive rate": quality["hard_false_positive"],
+                }
+            ]
+        ),
         f"\n**Reward models** (fine-tuned from the policy, {rcfg['steps']} steps each): step-level ROC AUC against exact step truth on "
         f"{len(eval_rows)} held-out annotated problems: PRM {auc['prm']:.3f}, ORM {auc['orm']:.3f}.\n",
         f"\nHard labels mark {quality['hard_false_positive']:.0%} of truly wrong steps '+': with final answers in 0..{pcfg.difficulty.max_value}, "
@@ -125,26 +166,58 @@ def run(ctx: ReproduceContext) -> Section:
         f"\nDiagnostic (not in the paper): a PRM trained the same way on *exact* step labels of the same solutions reaches step AUC "
         f"{auc['prm_exact_labels']:.3f} (MC labels: {auc['prm']:.3f}) and best-of-N (min) accuracy "
         f"{', '.join(f'N={n}: {a:.3f}' for n, a in zip(ns, exact_acc))} (MC labels at N=64: {a64['prm']:.3f}). "
-        + ("Exact labels do not make reranking better here, so the verifier's capacity, not label noise, is what limits best-of-N at this scale.\n"
-           if exact_acc[-1] <= a64["prm"] + 0.02 else "The gap is what MC label noise costs at this scale.\n"),
+        + (
+            "Exact labels do not make reranking better here, so the verifier's capacity, not label noise, is what limits best-of-N at this scale.\n"
+            if exact_acc[-1] <= a64["prm"] + 0.02
+            else "The gap is what MC label noise costs at this scale.\n"
+        ),
         "\n**Best-of-N accuracy** (solutions sampled at temperature 0.7; mean over disjoint subsets of 64 samples; "
         "95 % bootstrap interval over problems; reward models rank the solutions that reach an answer):\n",
         markdown_table(table),
         f"\nStage seconds: {', '.join(f'{k} {v:.0f}' for k, v in timings.items())}.\n",
     ]
     verdicts = [
-        Verdict("PRM best-of-N >= ORM best-of-N at large N (paper, GSM8K N=256: 93.3 vs 92.6)",
-                f"N=64: PRM {a64['prm']:.3f}, ORM {a64['orm']:.3f}", a64["prm"] >= a64["orm"]),
-        Verdict("ORM best-of-N >= self-consistency at large N (paper: 92.6 vs 88.2)",
-                f"N=64: ORM {a64['orm']:.3f}, SC {a64['sc']:.3f}", a64["orm"] >= a64["sc"]),
-        Verdict("Verification improves on the policy's own answer (paper: every verifier beats greedy)",
-                f"PRM@64 {a64['prm']:.3f} vs greedy {greedy:.3f}", a64["prm"] > greedy),
-        Verdict("MC hard estimation gives mostly correct step labels (the paper validates its labels against human annotation)",
-                f"hard labels agree with exact step truth on {quality['hard_accuracy']:.1%} of {quality['steps']} steps (N={acfg.n})",
-                quality["hard_accuracy"] >= 0.8),
-        Verdict("A PRM trained on MC labels ranks steps better than an ORM does (process vs outcome supervision)",
-                f"step AUC PRM {auc['prm']:.3f} vs ORM {auc['orm']:.3f}", auc["prm"] > auc["orm"]),
+        Verdict(
+            "PRM best-of-N >= ORM best-of-N at large N (paper, GSM8K N=256: 93.3 vs 92.6)",
+            f"N=64: PRM {a64['prm']:.3f}, ORM {a64['orm']:.3f}",
+            a64["prm"] >= a64["orm"],
+        ),
+        Verdict(
+            "ORM best-of-N >= self-consistency at large N (paper: 92.6 vs 88.2)",
+            f"N=64: ORM {a64['orm']:.3f}, SC {a64['sc']:.3f}",
+            a64["orm"] >= a64["sc"],
+        ),
+        Verdict(
+            "Verification improves on the policy's own answer (paper: every verifier beats greedy)",
+            f"PRM@64 {a64['prm']:.3f} vs greedy {greedy:.3f}",
+            a64["prm"] > greedy,
+        ),
+        Verdict(
+            "MC hard estimation gives mostly correct step labels (the paper validates its labels against human annotation)",
+            f"hard labels agree with exact step truth on {quality['hard_accuracy']:.1%} of {quality['steps']} steps (N={acfg.n})",
+            quality["hard_accuracy"] >= 0.8,
+        ),
+        Verdict(
+            "A PRM trained on MC labels ranks steps better than an ORM does (process vs outcome supervision)",
+            f"step AUC PRM {auc['prm']:.3f} vs ORM {auc['orm']:.3f}",
+            auc["prm"] > auc["orm"],
+        ),
     ]
-    data = {"verify": result, "label_quality": quality, "step_auc": auc, "prm_exact_labels_accuracy": exact_acc, "annotate": stats, "greedy": greedy, "timings": timings}
-    return Section("shepherd", "Math-Shepherd: MC step labels, PRM, best-of-N verification", "\n".join(md), [fig], data, verdicts,
-                   seconds=time.time() - t0)
+    data = {
+        "verify": result,
+        "label_quality": quality,
+        "step_auc": auc,
+        "prm_exact_labels_accuracy": exact_acc,
+        "annotate": stats,
+        "greedy": greedy,
+        "timings": timings,
+    }
+    return Section(
+        "shepherd",
+        "Math-Shepherd: MC step labels, PRM, best-of-N verification",
+        "\n".join(md),
+        [fig],
+        data,
+        verdicts,
+        seconds=time.time() - t0,
+    )

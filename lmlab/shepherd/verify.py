@@ -10,8 +10,9 @@ bootstrap over problems.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +37,15 @@ class Candidate:
     orm: float = 0.0
 
 
-def sample_candidates(lm: LoadedModel, problems: Sequence[Problem], n: int, temperature: float = 0.7,
-                      max_new_tokens: int = 96, seed: int = 0, max_rows: int = 512) -> list[list[Candidate]]:
+def sample_candidates(
+    lm: LoadedModel,
+    problems: Sequence[Problem],
+    n: int,
+    temperature: float = 0.7,
+    max_new_tokens: int = 96,
+    seed: int = 0,
+    max_rows: int = 512,
+) -> list[list[Candidate]]:
     """n sampled solutions per problem: each question is prefilled once and fanned out to n rows; groups of
     problems share one decode batch of up to max_rows rows."""
     out: list[list[Candidate]] = []
@@ -45,7 +53,7 @@ def sample_candidates(lm: LoadedModel, problems: Sequence[Problem], n: int, temp
     tok = lm.tokenizer
     group = max(1, max_rows // n)
     for g in range(0, len(problems), group):
-        chunk = problems[g:g + group]
+        chunk = problems[g : g + group]
         prompts = [encode_prompt(tok, p.question) for p in chunk]
         gen = make_generator(problem_seed(seed, "verify|" + chunk[0].id), lm.model.device)
         sols = complete_cuts(lm.model, tok, prompts, [[len(x)] for x in prompts], n, params, gen, max_rows)
@@ -59,8 +67,9 @@ def sample_candidates(lm: LoadedModel, problems: Sequence[Problem], n: int, temp
     return out
 
 
-def score_candidates(problems: Sequence[Problem], cands: list[list[Candidate]], prm: PRM, orm: PRM | None = None,
-                     batch_size: int = 64) -> None:
+def score_candidates(
+    problems: Sequence[Problem], cands: list[list[Candidate]], prm: PRM, orm: PRM | None = None, batch_size: int = 64
+) -> None:
     """Fill Candidate.prm (min step score) and, given an ORM, Candidate.orm (last-tag score) in place."""
     flat = [(p.question, c.steps) for p, cs in zip(problems, cands) for c in cs]
     prm_scores = iter(prm.score_batch(flat, batch_size))
@@ -100,7 +109,7 @@ def pick(cands: Sequence[Candidate], method: str) -> bool:
 
 def per_problem_accuracy(cands: list[list[Candidate]], n: int, method: str) -> np.ndarray:
     """Per-problem accuracy at N=n, averaged over the disjoint size-n subsets of each problem's samples."""
-    return np.array([np.mean([pick(cs[i:i + n], method) for i in range(0, len(cs) - n + 1, n)]) for cs in cands])
+    return np.array([np.mean([pick(cs[i : i + n], method) for i in range(0, len(cs) - n + 1, n)]) for cs in cands])
 
 
 def bootstrap_ci(values: np.ndarray, iters: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -119,7 +128,14 @@ def evaluate(cands: list[list[Candidate]], ns: Sequence[int], seed: int = 0) -> 
             v = per_problem_accuracy(cands, n, m)
             acc[m].append(float(v.mean()))
             ci[m].append(list(bootstrap_ci(v, seed=seed)))
-    oracle = [float(np.mean([np.mean([any(c.correct for c in cs[i:i + n]) for i in range(0, len(cs) - n + 1, n)]) for cs in cands])) for n in ns]
+    oracle = [
+        float(
+            np.mean(
+                [np.mean([any(c.correct for c in cs[i : i + n]) for i in range(0, len(cs) - n + 1, n)]) for cs in cands]
+            )
+        )
+        for n in ns
+    ]
     return {"n": list(ns), "accuracy": acc, "ci95": ci, "pass_at_n": oracle}
 
 
@@ -148,4 +164,3 @@ def plot(result: dict[str, Any], path: Any, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-

@@ -62,7 +62,11 @@ def _operation(rng: random.Random, value: int, d: Difficulty, name: str, item: s
         word = {2: "doubles", 3: "triples", 4: "quadruples"}[k]
         return f"{name} {word} the {item}.", f"{value} * {k} = {value * k}", value * k
     k = rng.choice(divisors)
-    return f"{name} shares them equally with {k - 1} friend{'s' if k > 2 else ''} and keeps one share.", f"{value} / {k} = {value // k}", value // k
+    return (
+        f"{name} shares them equally with {k - 1} friend{'s' if k > 2 else ''} and keeps one share.",
+        f"{value} / {k} = {value // k}",
+        value // k,
+    )
 
 
 def make_problem(rng: random.Random, d: Difficulty, pid: str) -> Problem:

@@ -10,7 +10,7 @@ own weights quantized to 4 bits as its draft (`selfq4`); all batched and lossles
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..core.engine import SamplingParams, StreamEvent
 from ..core.loader import LoadedModel
@@ -19,11 +19,23 @@ from .drafters import DraftModel, PromptLookup
 from .registry import make_drafter, register_aliases
 from .verify import Draft, accept
 
-__all__ = ["Draft", "DraftModel", "PromptLookup", "SpecStats", "accept", "make_drafter", "spec_generate", "spec_stream", "speculative_stream"]
+__all__ = [
+    "Draft",
+    "DraftModel",
+    "PromptLookup",
+    "SpecStats",
+    "accept",
+    "make_drafter",
+    "spec_generate",
+    "spec_stream",
+    "speculative_stream",
+]
 
 register_aliases()
 
 
-def speculative_stream(lm: LoadedModel, prompt_ids: list[int], params: SamplingParams, method: str) -> Iterator[StreamEvent]:
+def speculative_stream(
+    lm: LoadedModel, prompt_ids: list[int], params: SamplingParams, method: str
+) -> Iterator[StreamEvent]:
     """`lmlab generate --speculative METHOD`: the events of `engine.stream_generate`, produced speculatively."""
     return spec_stream(lm.model, lm.tokenizer, make_drafter(lm, method), [prompt_ids], params)

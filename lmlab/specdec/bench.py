@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -26,11 +27,16 @@ from .registry import find_trained, make_drafter
 METHODS = ("ar", "sps", "pld", "eagle", "eagle_pld", "selfq4", "hf_assisted", "hf_prompt_lookup")
 
 
-def load_questions(path: Path | None, limit_per_category: int | None, categories: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def load_questions(
+    path: Path | None, limit_per_category: int | None, categories: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
     """First turn of each question; the first `limit_per_category` questions of every (chosen) category."""
     path = Path(path) if path else shared_data("spec_bench", "question.jsonl")
     if not path.exists():
-        raise LmlabError(f"{path}: no such prompts file", hint="pass a Spec-Bench style JSON-lines file (question_id, category, turns)")
+        raise LmlabError(
+            f"{path}: no such prompts file",
+            hint="pass a Spec-Bench style JSON-lines file (question_id, category, turns)",
+        )
     out, seen = [], {}
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -39,7 +45,10 @@ def load_questions(path: Path | None, limit_per_category: int | None, categories
             row = json.loads(line)
             q = {"id": row.get("question_id", n), "category": row.get("category", "all"), "text": row["turns"][0]}
         except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-            raise LmlabError(f"{path}:{n}: not a Spec-Bench question row", hint='each line needs {"question_id", "category", "turns": ["..."]}') from None
+            raise LmlabError(
+                f"{path}:{n}: not a Spec-Bench question row",
+                hint='each line needs {"question_id", "category", "turns": ["..."]}',
+            ) from None
         if categories and q["category"] not in categories:
             continue
         seen[q["category"]] = seen.get(q["category"], 0) + 1
@@ -59,15 +68,25 @@ class _HF:
 
         hf_logging.set_verbosity_error()
         self.model = AutoModelForCausalLM.from_pretrained(str(lm.path), dtype=lm.model.dtype).eval()
-        self.draft = AutoModelForCausalLM.from_pretrained(str(draft_path), dtype=lm.model.dtype).eval() if draft_path else None
+        self.draft = (
+            AutoModelForCausalLM.from_pretrained(str(draft_path), dtype=lm.model.dtype).eval() if draft_path else None
+        )
         self.stops = set(eos_ids(lm.model, lm.tokenizer))
         self.pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else min(self.stops)
 
     def run(self, ids: list[int], max_new: int, method: str) -> list[int]:
-        kw: dict[str, Any] = {"assistant_model": self.draft} if method == "hf_assisted" else {"prompt_lookup_num_tokens": 10}
+        kw: dict[str, Any] = (
+            {"assistant_model": self.draft} if method == "hf_assisted" else {"prompt_lookup_num_tokens": 10}
+        )
         with torch.inference_mode():
-            out = self.model.generate(torch.tensor([ids]), max_new_tokens=max_new, do_sample=False, eos_token_id=sorted(self.stops),
-                                      pad_token_id=self.pad, **kw)[0, len(ids):].tolist()
+            out = self.model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=max_new,
+                do_sample=False,
+                eos_token_id=sorted(self.stops),
+                pad_token_id=self.pad,
+                **kw,
+            )[0, len(ids) :].tolist()
         for i, t in enumerate(out):
             if t in self.stops:
                 return out[:i]
@@ -78,9 +97,17 @@ def _config_key(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def run_bench(target: str = "smollm2-135m-instruct", prompts: Path | None = None, limit_per_category: int | None = 2,
-              max_new_tokens: int = 128, methods: tuple[str, ...] = METHODS, json_path: Path | None = None, categories: tuple[str, ...] = (),
-              log: Callable[[str], None] = print, dtype: str = "float32") -> dict[str, Any]:
+def run_bench(
+    target: str = "smollm2-135m-instruct",
+    prompts: Path | None = None,
+    limit_per_category: int | None = 2,
+    max_new_tokens: int = 128,
+    methods: tuple[str, ...] = METHODS,
+    json_path: Path | None = None,
+    categories: tuple[str, ...] = (),
+    log: Callable[[str], None] = print,
+    dtype: str = "float32",
+) -> dict[str, Any]:
     """Run the benchmark; returns (and writes) {"overall": {METHOD: {...}}, "per_category": {...}, ...}.
 
     fp32 by default: on a CPU with lmlab's kernels (lmlab.core.kernels) a target pass over k tokens gives each
@@ -93,14 +120,28 @@ def run_bench(target: str = "smollm2-135m-instruct", prompts: Path | None = None
     lm = load_model(target, dtype=dtype)  # every method, transformers' included, runs in this dtype
     qs = load_questions(prompts, limit_per_category, categories)
     drafters = {m: make_drafter(lm, m) for m in ("sps", "pld", "eagle", "eagle_pld", "selfq4") if m in methods}
-    hf = _HF(lm, find_trained(lm, "draft") if "hf_assisted" in methods else None) if any(m.startswith("hf_") for m in methods) else None
+    hf = (
+        _HF(lm, find_trained(lm, "draft") if "hf_assisted" in methods else None)
+        if any(m.startswith("hf_") for m in methods)
+        else None
+    )
     params = SamplingParams(max_new_tokens=max_new_tokens)
-    cfg = {"target": str(lm.path), "prompts": str(prompts or "spec_bench"), "limit": limit_per_category, "categories": list(categories), "max_new": max_new_tokens,
-           "methods": list(methods), "threads": torch.get_num_threads(),
-           "dtype": str(lm.model.dtype).removeprefix("torch."),
-           # which trained drafts ran: rows measured with other drafts must not be resumed into this run
-           "drafts": {k: getattr(find_trained(lm, k), "name", None) for k, ms in (("draft", ("sps", "hf_assisted")), ("eagle", ("eagle", "eagle_pld")))
-                      if any(m in methods for m in ms)}}
+    cfg = {
+        "target": str(lm.path),
+        "prompts": str(prompts or "spec_bench"),
+        "limit": limit_per_category,
+        "categories": list(categories),
+        "max_new": max_new_tokens,
+        "methods": list(methods),
+        "threads": torch.get_num_threads(),
+        "dtype": str(lm.model.dtype).removeprefix("torch."),
+        # which trained drafts ran: rows measured with other drafts must not be resumed into this run
+        "drafts": {
+            k: getattr(find_trained(lm, k), "name", None)
+            for k, ms in (("draft", ("sps", "hf_assisted")), ("eagle", ("eagle", "eagle_pld")))
+            if any(m in methods for m in ms)
+        },
+    }
     rows_path = Path(json_path).with_suffix(".rows.jsonl") if json_path else None
     rows = _resume(rows_path, _config_key(cfg))
     for i, q in enumerate(qs):
@@ -120,13 +161,27 @@ def run_bench(target: str = "smollm2-135m-instruct", prompts: Path | None = None
                 toks = hf.run(ids, max_new_tokens, m)
             dt = time.perf_counter() - t0
             ref = toks if m == "ar" else ref
-            row["methods"][m] = {"tokens": len(toks), "seconds": dt, "identical": toks == ref, "passes": st.passes, "accepted": st.accepted,
-                                 "tries": st.tries, "depth": st.depth, "proposed": st.proposed, "draft_s": st.draft_s, "verify_s": st.verify_s, "rounds": st.rounds}
+            row["methods"][m] = {
+                "tokens": len(toks),
+                "seconds": dt,
+                "identical": toks == ref,
+                "passes": st.passes,
+                "accepted": st.accepted,
+                "tries": st.tries,
+                "depth": st.depth,
+                "proposed": st.proposed,
+                "draft_s": st.draft_s,
+                "verify_s": st.verify_s,
+                "rounds": st.rounds,
+            }
         rows.append(row)
         if rows_path:
             with open(rows_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-        log(f"[{i + 1}/{len(qs)}] {q['category']:>14s} " + " ".join(f"{m}={row['methods'][m]['tokens'] / row['methods'][m]['seconds']:.1f}tok/s" for m in methods))
+        log(
+            f"[{i + 1}/{len(qs)}] {q['category']:>14s} "
+            + " ".join(f"{m}={row['methods'][m]['tokens'] / row['methods'][m]['seconds']:.1f}tok/s" for m in methods)
+        )
     result = summarise(rows, methods)
     result["config"] = cfg
     if json_path:
@@ -137,27 +192,53 @@ def run_bench(target: str = "smollm2-135m-instruct", prompts: Path | None = None
 def _resume(path: Path | None, key: str) -> list[dict]:
     if not path or not path.exists():
         return []
-    return [r for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip()) if r.get("key") == key]
+    return [
+        r for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip()) if r.get("key") == key
+    ]
 
 
 def _aggregate(rows: list[dict], methods: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    tot = {m: {k: sum(r["methods"][m][k] for r in rows) for k in rows[0]["methods"][m] if k != "identical"} for m in methods}
+    tot = {
+        m: {k: sum(r["methods"][m][k] for r in rows) for k in rows[0]["methods"][m] if k != "identical"}
+        for m in methods
+    }
     ar_tok_s = tot["ar"]["seconds"] / max(1, tot["ar"]["tokens"])  # one target decoding step
     out = {}
     for m in methods:
         t = tot[m]
         rate = t["tokens"] / t["seconds"]
-        d: dict[str, Any] = {"speedup": rate / (tot["ar"]["tokens"] / tot["ar"]["seconds"]), "tokens_per_s": rate,
-                             "lossless": all(r["methods"][m]["identical"] for r in rows), "tokens": t["tokens"], "seconds": t["seconds"]}
+        d: dict[str, Any] = {
+            "speedup": rate / (tot["ar"]["tokens"] / tot["ar"]["seconds"]),
+            "tokens_per_s": rate,
+            "lossless": all(r["methods"][m]["identical"] for r in rows),
+            "tokens": t["tokens"],
+            "seconds": t["seconds"],
+        }
         if t["passes"]:
             alpha = t["accepted"] / max(1, t["tries"])
             gamma = t["depth"] / t["passes"]
             c = t["draft_s"] / max(1, t["depth"]) / ar_tok_s  # cost of one draft step / one target step
-            pred = (1 - alpha ** (gamma + 1)) / (1 - alpha) / (gamma * c + 1) if alpha < 1 else (gamma + 1) / (gamma * c + 1)
-            d.update({"mean_accepted_tokens": (t["accepted"] + t["passes"]) / t["passes"], "acceptance_rate": alpha, "mean_gamma": gamma,
-                      "mean_draft_nodes": t["proposed"] / t["passes"], "c": c, "predicted_speedup": pred, "achieved_fraction": d["speedup"] / pred,
-                      "verify_cost": t["verify_s"] / t["rounds"] / ar_tok_s,  # one verification pass, in target decoding steps
-                      "time_draft": t["draft_s"] / t["seconds"], "time_verify": t["verify_s"] / t["seconds"]})
+            pred = (
+                (1 - alpha ** (gamma + 1)) / (1 - alpha) / (gamma * c + 1)
+                if alpha < 1
+                else (gamma + 1) / (gamma * c + 1)
+            )
+            d.update(
+                {
+                    "mean_accepted_tokens": (t["accepted"] + t["passes"]) / t["passes"],
+                    "acceptance_rate": alpha,
+                    "mean_gamma": gamma,
+                    "mean_draft_nodes": t["proposed"] / t["passes"],
+                    "c": c,
+                    "predicted_speedup": pred,
+                    "achieved_fraction": d["speedup"] / pred,
+                    "verify_cost": t["verify_s"]
+                    / t["rounds"]
+                    / ar_tok_s,  # one verification pass, in target decoding steps
+                    "time_draft": t["draft_s"] / t["seconds"],
+                    "time_verify": t["verify_s"] / t["seconds"],
+                }
+            )
         out[m] = d
     return out
 
@@ -166,11 +247,28 @@ def summarise(rows: list[dict], methods: tuple[str, ...]) -> dict[str, Any]:
     cats: dict[str, list[dict]] = {}
     for r in rows:
         cats.setdefault(r["category"], []).append(r)
-    return {"overall": _aggregate(rows, methods), "per_category": {c: _aggregate(rs, methods) for c, rs in cats.items()}, "n_prompts": len(rows)}
+    return {
+        "overall": _aggregate(rows, methods),
+        "per_category": {c: _aggregate(rs, methods) for c, rs in cats.items()},
+        "n_prompts": len(rows),
+    }
 
 
-COLUMNS = ["method", "speedup", "tokens_per_s", "mean_accepted_tokens", "acceptance_rate", "mean_gamma", "c", "predicted_speedup",
-           "achieved_fraction", "verify_cost", "time_draft", "time_verify", "lossless"]
+COLUMNS = [
+    "method",
+    "speedup",
+    "tokens_per_s",
+    "mean_accepted_tokens",
+    "acceptance_rate",
+    "mean_gamma",
+    "c",
+    "predicted_speedup",
+    "achieved_fraction",
+    "verify_cost",
+    "time_draft",
+    "time_verify",
+    "lossless",
+]
 
 
 def table(result: dict[str, Any]) -> str:
@@ -178,8 +276,12 @@ def table(result: dict[str, Any]) -> str:
 
     overall = [{"method": m, **v} for m, v in result["overall"].items()]
     per_cat = [{"category": c, **{m: v[m]["speedup"] for m in v}} for c, v in result["per_category"].items()]
-    return ("**Overall**\n\n" + markdown_table(overall, COLUMNS, ".2f") + "\n**Speedup over plain decoding per category**\n\n"
-            + markdown_table(per_cat, ["category", *result["overall"]], ".2f"))
+    return (
+        "**Overall**\n\n"
+        + markdown_table(overall, COLUMNS, ".2f")
+        + "\n**Speedup over plain decoding per category**\n\n"
+        + markdown_table(per_cat, ["category", *result["overall"]], ".2f")
+    )
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:

@@ -44,8 +44,13 @@ class PassCost:
     CPU), interpolated linearly in n and L, extrapolated linearly past the last context (attention grows with
     L), never below 1 for n >= 1. `table` holds the measured ratios."""
 
-    def __init__(self, model: Transformer, widths: tuple[int, ...] = WIDTHS, contexts: tuple[int, ...] = CONTEXTS, reps: int = 2):
-        self.widths, self.contexts = widths, tuple(c for c in contexts if c + max(widths) <= model.cfg.max_position_embeddings) or (16,)
+    def __init__(
+        self, model: Transformer, widths: tuple[int, ...] = WIDTHS, contexts: tuple[int, ...] = CONTEXTS, reps: int = 2
+    ):
+        self.widths, self.contexts = (
+            widths,
+            tuple(c for c in contexts if c + max(widths) <= model.cfg.max_position_embeddings) or (16,),
+        )
         self.table: dict[int, list[float]] = {}
         self.step_s: dict[int, float] = {}  # seconds of a 1-token step at each measured context
         with torch.inference_mode():
@@ -55,7 +60,9 @@ class PassCost:
                 _time_pass(model, cache, ctx, 1, 1)  # warm-up (packing, allocator)
                 one = _time_pass(model, cache, ctx, 1, reps)
                 self.step_s[ctx] = one
-                self.table[ctx] = [max(1.0, _time_pass(model, cache, ctx, n, reps) / one) if n > 1 else 1.0 for n in widths]
+                self.table[ctx] = [
+                    max(1.0, _time_pass(model, cache, ctx, n, reps) / one) if n > 1 else 1.0 for n in widths
+                ]
                 # a cost curve only rises: measurement noise must not make a wider pass look cheaper
                 for i in range(1, len(widths)):
                     self.table[ctx][i] = max(self.table[ctx][i], self.table[ctx][i - 1])
@@ -77,7 +84,6 @@ class PassCost:
         a, b = self._at(lo, n), self._at(hi, n)
         return max(1.0, a + (b - a) * (ctx - lo) / (hi - lo))
 
-
     def step_seconds(self, ctx: int) -> float:
         """Seconds of one 1-token step at context `ctx` (interpolated), to express draft time in steps."""
         cs = sorted(self.step_s)
@@ -88,7 +94,7 @@ class PassCost:
         return max(min(a, b), a + (b - a) * (ctx - lo) / (hi - lo))
 
 
-_CACHE: "weakref.WeakKeyDictionary[Transformer, PassCost]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[Transformer, PassCost] = weakref.WeakKeyDictionary()
 
 
 def pass_cost(model: Transformer) -> PassCost:
@@ -104,4 +110,6 @@ def best_size(gains: list[list[float]], cost, ctx: int, draft: float) -> int:
     spent in steps. Maximises emitted tokens per unit of time, sum_b (1 + gains[b][n]) / (cost(B (n + 1)) + draft):
     rows share one padded pass, so one n serves the batch."""
     B = len(gains)
-    return max(range(min(len(g) for g in gains)), key=lambda n: sum(1 + g[n] for g in gains) / (cost(B * (n + 1), ctx) + draft))
+    return max(
+        range(min(len(g) for g in gains)), key=lambda n: sum(1 + g[n] for g in gains) / (cost(B * (n + 1), ctx) + draft)
+    )

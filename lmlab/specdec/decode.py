@@ -9,14 +9,26 @@ except by speed.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from ..core.engine import (Generation, collect, SamplingParams, StreamEvent, _RowText, check_context, eos_ids, make_generator,
-                           prefill_forward, probs_from_logits, sample)
+from ..core.engine import (
+    Generation,
+    SamplingParams,
+    StreamEvent,
+    _RowText,
+    check_context,
+    collect,
+    eos_ids,
+    make_generator,
+    prefill_forward,
+    probs_from_logits,
+    sample,
+)
 from ..core.model import Transformer
 from .eagle import target_features
 from .verify import AcceptFn, Draft, accept, tree_attention
@@ -73,8 +85,19 @@ class SpecStats:
     def mean_gamma(self) -> float:
         return self.depth / max(1, self.passes)
 
-    def merge(self, o: "SpecStats") -> None:
-        for k in ("passes", "accepted", "proposed", "tries", "depth", "new_tokens", "draft_s", "verify_s", "total_s", "rounds"):
+    def merge(self, o: SpecStats) -> None:
+        for k in (
+            "passes",
+            "accepted",
+            "proposed",
+            "tries",
+            "depth",
+            "new_tokens",
+            "draft_s",
+            "verify_s",
+            "total_s",
+            "rounds",
+        ):
             setattr(self, k, getattr(self, k) + getattr(o, k))
 
 
@@ -114,15 +137,22 @@ class _Emitter:
 
 
 def spec_stream(
-    model: Transformer, tokenizer: Any, drafter: Drafter, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None,
-    accept_fn: AcceptFn = accept, stats: SpecStats | None = None,
+    model: Transformer,
+    tokenizer: Any,
+    drafter: Drafter,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams | None = None,
+    accept_fn: AcceptFn = accept,
+    stats: SpecStats | None = None,
 ) -> Iterator[StreamEvent]:
     """Speculative version of `engine.stream_generate` (same events); `stats` collects counters if given."""
     p = params or SamplingParams()
     st = stats if stats is not None else SpecStats()
     dev = model.device
     max_new = check_context(model, prompts, p.max_new_tokens)
-    stops = set([] if p.ignore_eos else (p.stop_token_ids if p.stop_token_ids is not None else eos_ids(model, tokenizer)))
+    stops = set(
+        [] if p.ignore_eos else (p.stop_token_ids if p.stop_token_ids is not None else eos_ids(model, tokenizer))
+    )
     gen = make_generator(p.seed, dev)
     B = len(prompts)
     out = _Emitter(tokenizer, p, stops, max_new, B)
@@ -141,7 +171,9 @@ def spec_stream(
             yield from evs
             if not done:
                 keep.append(j)
-        if getattr(drafter, "uses_target_cache", False):  # a self-draft reads (and temporarily extends) the target's cache
+        if getattr(
+            drafter, "uses_target_cache", False
+        ):  # a self-draft reads (and temporarily extends) the target's cache
             drafter.cache = cache
         drafter.begin([list(x) for x in prompts], target_features(fo, layers), capacity)
         while keep:
@@ -154,7 +186,9 @@ def spec_stream(
             drafts = drafter.propose(ctx, p, gen)
             t1 = _now(dev)
             width = 1 + max(len(d) for d in drafts)
-            ids = torch.tensor([[c[-1]] + d.tokens + [0] * (width - 1 - len(d)) for c, d in zip(ctx, drafts)], device=dev)
+            ids = torch.tensor(
+                [[c[-1]] + d.tokens + [0] * (width - 1 - len(d)) for c, d in zip(ctx, drafts)], device=dev
+            )
             L = list(cache.lengths)
             if all(d.is_chain() and len(d) == width - 1 for d in drafts):
                 vo = model(ids, cache, logits="all", output_hidden_states=bool(layers))  # plain causal chains: no mask
@@ -165,7 +199,9 @@ def spec_stream(
             paths, nexts = [], []
             probs = probs_from_logits(vo.logits, p) if p.temperature > 0 else None  # one batched call, not one per row
             for b, d in enumerate(drafts):
-                path, nxt = accept_fn(d, vo.logits[b, :len(d) + 1], p, gen, probs=None if probs is None else probs[b, :len(d) + 1])
+                path, nxt = accept_fn(
+                    d, vo.logits[b, : len(d) + 1], p, gen, probs=None if probs is None else probs[b, : len(d) + 1]
+                )
                 paths.append(path)
                 nexts.append(nxt)
                 if path != list(range(1, len(path) + 1)):  # a tree branch: move its K/V next to the root
@@ -197,7 +233,14 @@ def spec_stream(
     st.total_s += _now(dev) - t_start
 
 
-def spec_generate(model: Transformer, tokenizer: Any, drafter: Drafter, prompts: Sequence[Sequence[int]],
-                  params: SamplingParams | None = None, accept_fn: AcceptFn = accept, stats: SpecStats | None = None) -> list[Generation]:
+def spec_generate(
+    model: Transformer,
+    tokenizer: Any,
+    drafter: Drafter,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams | None = None,
+    accept_fn: AcceptFn = accept,
+    stats: SpecStats | None = None,
+) -> list[Generation]:
     """Speculative version of `engine.generate` (same results under greedy decoding, same distribution when sampling)."""
     return collect(spec_stream(model, tokenizer, drafter, prompts, params, accept_fn, stats), prompts)

@@ -8,8 +8,8 @@ import time
 import torch
 from torch import Tensor
 
-from ..core.engine import SamplingParams, probs_from_logits
 from ..core import kernels
+from ..core.engine import SamplingParams, probs_from_logits
 from ..core.model import Linear, Transformer, set_weight_dtype
 from .eagle import subset_head, subset_logits
 from .verify import Draft
@@ -21,7 +21,15 @@ class AdaptiveLength:
     measured draft/target cost ratio and beta the marginal cost of one more verified token (decode is
     memory-bound, so beta is small but not zero on a CPU). Fixed-gamma decoding is gamma_min == gamma_max."""
 
-    def __init__(self, gamma_max: int = 8, gamma_min: int = 1, alpha: float = 0.6, c: float = 0.0, beta: float = 0.03, ema: float = 0.8):
+    def __init__(
+        self,
+        gamma_max: int = 8,
+        gamma_min: int = 1,
+        alpha: float = 0.6,
+        c: float = 0.0,
+        beta: float = 0.03,
+        ema: float = 0.8,
+    ):
         self.gmax, self.gmin = gamma_max, gamma_min
         self.alpha, self.c, self.beta, self.ema = alpha, c, beta, ema
 
@@ -65,10 +73,10 @@ class PromptLookup:
         """The k tokens after the latest earlier match of ctx's last n-gram ([] when nothing matches)."""
         L = len(ctx)
         for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
-            tail = ctx[L - n:]
+            tail = ctx[L - n :]
             for s in range(L - n - 1, -1, -1):  # latest match first; the match may not be the tail itself
-                if ctx[s:s + n] == tail:
-                    return ctx[s + n:s + n + k]
+                if ctx[s : s + n] == tail:
+                    return ctx[s + n : s + n + k]
         return []
 
     def propose(self, ctx: list[list[int]], params: SamplingParams, gen: torch.Generator | None) -> list[Draft]:
@@ -91,8 +99,16 @@ class DraftModel:
 
     name = "sps"
 
-    def __init__(self, draft: Transformer, gamma_max: int = 8, adaptive: bool = True, gamma: int = 4, vocab: Tensor | None = None,
-                 stream_bf16: bool = True, shared_cache: bool = False):
+    def __init__(
+        self,
+        draft: Transformer,
+        gamma_max: int = 8,
+        adaptive: bool = True,
+        gamma: int = 4,
+        vocab: Tensor | None = None,
+        stream_bf16: bool = True,
+        shared_cache: bool = False,
+    ):
         self.model = draft
         # shared_cache: the draft is the target with other numbers (`quantized_self_draft`) and reads the target's own
         # KV cache: no prefill of its own, and exact keys/values for the whole committed context. It writes its draft
@@ -149,7 +165,11 @@ class DraftModel:
         if self.vocab is None:
             return self.model(ids, self.cache, num_tokens=num_tokens).logits
         h = self.model(ids, self.cache, num_tokens=num_tokens, logits="none").last_hidden
-        n = torch.tensor(num_tokens, device=h.device) - 1 if num_tokens else torch.full((h.shape[0],), h.shape[1] - 1, device=h.device)
+        n = (
+            torch.tensor(num_tokens, device=h.device) - 1
+            if num_tokens
+            else torch.full((h.shape[0],), h.shape[1] - 1, device=h.device)
+        )
         last = h[torch.arange(h.shape[0], device=h.device), n]
         full = torch.full((h.shape[0], self.model.cfg.vocab_size), float("-inf"), dtype=torch.float32, device=h.device)
         full[:, self.vocab] = subset_logits(last, self.rows).float()
@@ -187,7 +207,18 @@ def quantized_self_draft(target: Transformer) -> Transformer:
     for m in draft.modules():  # pack now, not inside the first timed proposal (~0.3 s for 135M weights)
         if isinstance(m, Linear):
             m._packed()
-    if not any(m.bias is not None for m in draft.layers.modules() if isinstance(m, Linear)):  # all blocks in one kernel call
-        draft.draft_packs = [[b.attn_norm.weight, b.mlp_norm.weight, *b.attn.wqkv._packed(), *b.attn.wo._packed(), *b.mlp.w13._packed(),
-                              *b.mlp.w2._packed()] for b in draft.layers]  # taken now: the draft's weights do not change
+    if not any(
+        m.bias is not None for m in draft.layers.modules() if isinstance(m, Linear)
+    ):  # all blocks in one kernel call
+        draft.draft_packs = [
+            [
+                b.attn_norm.weight,
+                b.mlp_norm.weight,
+                *b.attn.wqkv._packed(),
+                *b.attn.wo._packed(),
+                *b.mlp.w13._packed(),
+                *b.mlp.w2._packed(),
+            ]
+            for b in draft.layers
+        ]  # taken now: the draft's weights do not change
     return draft.eval()

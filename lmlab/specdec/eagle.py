@@ -109,16 +109,22 @@ def load_head(folder: Path, target: Transformer) -> EagleHead:
     layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("body.layers."))
     fl = tuple(sd["feature_layers"].tolist()) if "feature_layers" in sd else ()  # heads saved before EAGLE-3 features
     if any(not 0 <= i <= target.cfg.num_layers for i in fl):
-        raise LmlabError(f"{folder}: head reads hidden states {list(fl)}, target has {target.cfg.num_layers} layers",
-                         hint="train a head for this target with `lmlab specdec train-head --target ...`")
+        raise LmlabError(
+            f"{folder}: head reads hidden states {list(fl)}, target has {target.cfg.num_layers} layers",
+            hint="train a head for this target with `lmlab specdec train-head --target ...`",
+        )
     head = EagleHead(target.cfg, sd["vocab"], layers, fl)
     if sd["fc.weight"].shape[1] != 2 * target.cfg.hidden_size:
-        raise LmlabError(f"{folder}: head was trained for hidden size {sd['fc.weight'].shape[1] // 2}, target has {target.cfg.hidden_size}",
-                         hint="train a head for this target with `lmlab specdec train-head --target ...`")
+        raise LmlabError(
+            f"{folder}: head was trained for hidden size {sd['fc.weight'].shape[1] // 2}, target has {target.cfg.hidden_size}",
+            hint="train a head for this target with `lmlab specdec train-head --target ...`",
+        )
     missing, unexpected = head.load_state_dict(sd, strict=False)
     missing = [m for m in missing if not m.startswith(("body.embed", "body.lm_head")) and m != "feature_layers"]
     if missing or unexpected:
-        raise LmlabError(f"{f}: tensors do not match an EAGLE head (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise LmlabError(
+            f"{f}: tensors do not match an EAGLE head (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return head.to(device=target.device, dtype=target.dtype).eval()
 
 
@@ -139,8 +145,18 @@ class EagleDrafter:
 
     name = "eagle"
 
-    def __init__(self, head: EagleHead, target: Transformer, topk: int = 2, depth: int = 3, total: int | None = 3, chain: int = 4,
-                 stream_bf16: bool = True, lookup: bool = False, max_total: int = 24):
+    def __init__(
+        self,
+        head: EagleHead,
+        target: Transformer,
+        topk: int = 2,
+        depth: int = 3,
+        total: int | None = 3,
+        chain: int = 4,
+        stream_bf16: bool = True,
+        lookup: bool = False,
+        max_total: int = 24,
+    ):
         from .drafters import PromptLookup  # (drafters imports this module)
 
         self.head, self.target = head, target
@@ -152,7 +168,9 @@ class EagleDrafter:
         self.lookup = PromptLookup() if lookup else None
         self.max_total = min(max_total, topk + (depth - 1) * topk * topk)  # at most the whole candidate pool
         look = self.lookup.max_nodes if self.lookup else 0
-        self.max_nodes = max((self.max_total if total is None else total) + depth, chain, look)  # (+ ancestors tied on score)
+        self.max_nodes = max(
+            (self.max_total if total is None else total) + depth, chain, look
+        )  # (+ ancestors tied on score)
         self.kappa = [1.0, 1.0]  # EMAs of (accepted, predicted) draft tokens per row: calibrates draft confidence
         self.feature_layers = tuple(head.feature_layers.tolist())  # what spec_stream passes as `hidden`
         self.vocab = head.vocab.to(target.device)
@@ -165,7 +183,7 @@ class EagleDrafter:
     def begin(self, prompts: list[list[int]], hidden: Tensor, capacity: int) -> None:
         extra = self.topk * self.depth + self.chain + 2
         self.cache = self.head.body.new_cache(len(prompts), capacity + extra)
-        self.feats = [hidden[b, :len(p)] for b, p in enumerate(prompts)]  # features of ctx[fed : len-1]
+        self.feats = [hidden[b, : len(p)] for b, p in enumerate(prompts)]  # features of ctx[fed : len-1]
 
     def update(self, ctx: list[list[int]], drafts: list[Draft], paths: list[list[int]], hidden: Tensor) -> None:
         if self.lookup is not None:
@@ -173,7 +191,10 @@ class EagleDrafter:
             self.lookup.update([ctx[b] for b in rows], [drafts[b] for b in rows], [paths[b] for b in rows], hidden)
         if self._pred is not None:
             e = 0.9
-            self.kappa = [e * self.kappa[0] + (1 - e) * sum(map(len, paths)) / len(paths), e * self.kappa[1] + (1 - e) * sum(self._pred) / len(paths)]
+            self.kappa = [
+                e * self.kappa[0] + (1 - e) * sum(map(len, paths)) / len(paths),
+                e * self.kappa[1] + (1 - e) * sum(self._pred) / len(paths),
+            ]
         if self._fed:
             self.cache.rollback(self.base)  # drop this round's draft slots
         for b, path in enumerate(paths):  # real features of the root and the accepted nodes, after any not yet fed
@@ -193,9 +214,11 @@ class EagleDrafter:
         feats = torch.zeros(len(ctx), T, F_, dtype=self.target.dtype, device=dev)
         toks = torch.zeros(len(ctx), T, dtype=torch.long, device=dev)
         for b, c in enumerate(ctx):
-            feats[b, :n[b]] = self.feats[b]
-            toks[b, :n[b]] = torch.tensor(c[len(c) - n[b]:], device=dev)
-        h = self.head(self.head.fuse_in(feats), toks, self.target.embed, self.cache, num_tokens=n if min(n) != T else None)
+            feats[b, : n[b]] = self.feats[b]
+            toks[b, : n[b]] = torch.tensor(c[len(c) - n[b] :], device=dev)
+        h = self.head(
+            self.head.fuse_in(feats), toks, self.target.embed, self.cache, num_tokens=n if min(n) != T else None
+        )
         self.base = list(self.cache.lengths)
         return h[torch.arange(len(ctx), device=dev), torch.tensor(n, device=dev) - 1]
 
@@ -248,7 +271,9 @@ class EagleDrafter:
             toks.append(t)
             qs.append(q)
             if j < self.chain - 1:
-                h = self.head(h[:, None], t[:, None], self.target.embed, self.cache, positions=(base + j)[:, None])[:, 0]
+                h = self.head(h[:, None], t[:, None], self.target.embed, self.cache, positions=(base + j)[:, None])[
+                    :, 0
+                ]
         tok, q = torch.stack(toks, 1).tolist(), torch.stack(qs, 1)
         return [Draft.chain(tok[b], q[b]) for b in range(B)]
 
@@ -273,7 +298,9 @@ class EagleDrafter:
             self.cache.rollback(self.base)
             mask = anc[rows[:, :, None], fed[:, :, None], fed[:, None, :]]
             pos = base[:, None] + depth[rows, fed] - 1
-            out = self.head(parent_h[rows, fed], tok[rows, fed], self.target.embed, self.cache, positions=pos, tree_mask=mask)
+            out = self.head(
+                parent_h[rows, fed], tok[rows, fed], self.target.embed, self.cache, positions=pos, tree_mask=mask
+            )
             hf = out[:, -k:]  # outputs of the frontier
             node_h[rows, frontier] = hf
             lp = self._logits(hf).log_softmax(-1)  # [B, k, S]
@@ -315,4 +342,3 @@ def _draft(toks: list[int], par: list[int], depth: list[int], keep: set[int]) ->
     order = sorted(keep, key=lambda i: (depth[i], i))
     where = {n: j + 1 for j, n in enumerate(order)}
     return Draft([toks[i] for i in order], [where[par[i]] if par[i] >= 0 else 0 for i in order])
-

@@ -33,7 +33,10 @@ def find_trained(lm: LoadedModel, kind: str) -> Path | None:
     own = str(lm.model.dtype).removeprefix("torch.")
     folder = cache_dir("specdec", "drafts")
     for dt in (own, *(d for d in ("bfloat16", "float32") if d != own)):
-        full, quick = trained_path(lm, kind, DraftTrainConfig(), dt), trained_path(lm, kind, DraftTrainConfig.quick(), dt)
+        full, quick = (
+            trained_path(lm, kind, DraftTrainConfig(), dt),
+            trained_path(lm, kind, DraftTrainConfig.quick(), dt),
+        )
         if full.is_dir():
             return full
         prefix = full.name[: -len(DraftTrainConfig().key())]
@@ -49,9 +52,14 @@ def _default_draft() -> Path:
     from ..core.backends import auto_dtype
 
     # only the target's path and dtype are needed, not the loaded model
-    p = find_trained(SimpleNamespace(path=loader.resolve(loader.DEFAULT_MODEL), model=SimpleNamespace(dtype=auto_dtype())), "draft")
+    p = find_trained(
+        SimpleNamespace(path=loader.resolve(loader.DEFAULT_MODEL), model=SimpleNamespace(dtype=auto_dtype())), "draft"
+    )
     if p is None:
-        raise LmlabError(f"model alias {DRAFT_ALIAS!r} is not trained yet", hint="run `lmlab specdec train-draft` (a few minutes on CPU)")
+        raise LmlabError(
+            f"model alias {DRAFT_ALIAS!r} is not trained yet",
+            hint="run `lmlab specdec train-draft` (a few minutes on CPU)",
+        )
     return p
 
 
@@ -65,8 +73,10 @@ def check_same_tokenizer(target: LoadedModel, draft: LoadedModel) -> None:
     a, b = target.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
     if a != b or target.config.vocab_size != draft.config.vocab_size:
         diff = len(set(a.items()) ^ set(b.items()))
-        raise LmlabError(f"draft {draft.name} and target {target.name} use different tokenizers ({len(b)} vs {len(a)} tokens, {diff} differing entries)",
-                         hint="speculative sampling needs a draft with the target's tokenizer; use --speculative pld or train one with `lmlab specdec train-draft`")
+        raise LmlabError(
+            f"draft {draft.name} and target {target.name} use different tokenizers ({len(b)} vs {len(a)} tokens, {diff} differing entries)",
+            hint="speculative sampling needs a draft with the target's tokenizer; use --speculative pld or train one with `lmlab specdec train-draft`",
+        )
 
 
 def load_draft(lm: LoadedModel, draft: str | None = None) -> LoadedModel:
@@ -74,7 +84,10 @@ def load_draft(lm: LoadedModel, draft: str | None = None) -> LoadedModel:
     if draft is None:
         p = find_trained(lm, "draft")
         if p is None:
-            raise LmlabError(f"no draft model trained for {lm.name}", hint="run `lmlab specdec train-draft` (or pass a draft checkpoint)")
+            raise LmlabError(
+                f"no draft model trained for {lm.name}",
+                hint="run `lmlab specdec train-draft` (or pass a draft checkpoint)",
+            )
         draft = str(p)
     d = loader.load_model(draft, dtype=lm.model.dtype, device=str(lm.model.device))
     check_same_tokenizer(lm, d)
@@ -105,16 +118,27 @@ def make_drafter(lm: LoadedModel, method: str, draft: str | None = None, head: s
         from ..core import kernels
 
         m = lm.model
-        if not (kernels.enabled() and m.device.type == "cpu" and m.dtype == torch.float32 and m.cfg.hidden_size % 32 == 0
-                and m.cfg.intermediate_size % 32 == 0):
-            raise LmlabError("--speculative selfq4 needs lmlab's CPU kernels (AVX-512), an fp32 target and layer widths divisible by 32",
-                             hint="use sps, pld, eagle or eagle_pld here")
-        kw.setdefault("gamma_max", 16)  # it agrees with the target almost always: long drafts pay (dev prompts: 12 -> 1.82x, 16 -> 1.89x, 24 -> flat)
+        if not (
+            kernels.enabled()
+            and m.device.type == "cpu"
+            and m.dtype == torch.float32
+            and m.cfg.hidden_size % 32 == 0
+            and m.cfg.intermediate_size % 32 == 0
+        ):
+            raise LmlabError(
+                "--speculative selfq4 needs lmlab's CPU kernels (AVX-512), an fp32 target and layer widths divisible by 32",
+                hint="use sps, pld, eagle or eagle_pld here",
+            )
+        kw.setdefault(
+            "gamma_max", 16
+        )  # it agrees with the target almost always: long drafts pay (dev prompts: 12 -> 1.82x, 16 -> 1.89x, 24 -> flat)
         return DraftModel(quantized_self_draft(m), vocab=None, stream_bf16=False, shared_cache=True, **kw)
     if method in ("eagle", "eagle_pld"):
         kw.setdefault("lookup", method == "eagle_pld")
         p = Path(head) if head else find_trained(lm, "eagle")
         if p is None:
-            raise LmlabError(f"no EAGLE head trained for {lm.name}", hint="run `lmlab specdec train-head` (a few minutes on CPU)")
+            raise LmlabError(
+                f"no EAGLE head trained for {lm.name}", hint="run `lmlab specdec train-head` (a few minutes on CPU)"
+            )
         return EagleDrafter(load_head(p, lm.model), lm.model, **kw)
     raise LmlabError(f"unknown speculative method {method!r}", hint=f"choose from {', '.join(METHODS)}")

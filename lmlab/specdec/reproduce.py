@@ -24,29 +24,64 @@ def run(ctx: ReproduceContext) -> Section:
         # --quick reuses any cached draft (the full ones from `lmlab specdec train-*` first); otherwise train
         if have is None or (not ctx.quick and have != trained_path(lm, kind, cfg)):
             have = fn(lm, cfg, trained_path(lm, kind, cfg))
-        used[kind] = json.loads((have / ("eagle_config.json" if kind == "eagle" else "specdec_train.json")).read_text())["config"]
-    res = run_bench(ctx.model, None, 1 if ctx.quick else 2, 64 if ctx.quick else 128,
-                    categories=QUICK_CATEGORIES if ctx.quick else (), json_path=ctx.out_dir / "specdec_bench.json", log=lambda s: None)
+        used[kind] = json.loads(
+            (have / ("eagle_config.json" if kind == "eagle" else "specdec_train.json")).read_text()
+        )["config"]
+    res = run_bench(
+        ctx.model,
+        None,
+        1 if ctx.quick else 2,
+        64 if ctx.quick else 128,
+        categories=QUICK_CATEGORIES if ctx.quick else (),
+        json_path=ctx.out_dir / "specdec_bench.json",
+        log=lambda s: None,
+    )
     fig = plot(res, ctx.out_dir / "specdec_speedup.png")
     o = res["overall"]
     ours = {m: o[m]["speedup"] for m in OURS}
     best = max(ours, key=ours.get)
     vs_hf = o[best]["speedup"] / o["hf_assisted"]["speedup"]
     verdicts = [
-        Verdict("Speculative decoding is lossless (greedy output identical to plain decoding)",
-                ", ".join(f"{m}: {'identical' if o[m]['lossless'] else 'DIFFERS'}" for m in OURS),
-                all(o[m]["lossless"] for m in OURS)),
-        Verdict("EAGLE-style drafting is the fastest method (Spec-Bench: EAGLE-2 2.36x > PLD 1.66x > SpS 1.52x on Vicuna-7B/A100)",
-                ", ".join(f"{m} {v:.2f}x" for m, v in sorted(ours.items(), key=lambda kv: -kv[1])), ours["eagle"] > max(ours["sps"], ours["pld"])),
-        Verdict("Issue target: best method >= 2.0x over plain native decoding (SmolLM2-135M, 2-core CPU)", f"{best} {ours[best]:.2f}x", ours[best] >= 2.0),
-        Verdict("Issue target: >= 1.3x faster than transformers' assisted generation with the same draft", f"{vs_hf:.2f}x", vs_hf >= 1.3),
-        Verdict("Issue target: >= 80 % of the speedup Leviathan et al.'s formula predicts from measured acceptance and c",
-                ", ".join(f"{m} {o[m]['achieved_fraction']:.0%}" for m in OURS), o[best]["achieved_fraction"] >= 0.8),
+        Verdict(
+            "Speculative decoding is lossless (greedy output identical to plain decoding)",
+            ", ".join(f"{m}: {'identical' if o[m]['lossless'] else 'DIFFERS'}" for m in OURS),
+            all(o[m]["lossless"] for m in OURS),
+        ),
+        Verdict(
+            "EAGLE-style drafting is the fastest method (Spec-Bench: EAGLE-2 2.36x > PLD 1.66x > SpS 1.52x on Vicuna-7B/A100)",
+            ", ".join(f"{m} {v:.2f}x" for m, v in sorted(ours.items(), key=lambda kv: -kv[1])),
+            ours["eagle"] > max(ours["sps"], ours["pld"]),
+        ),
+        Verdict(
+            "Issue target: best method >= 2.0x over plain native decoding (SmolLM2-135M, 2-core CPU)",
+            f"{best} {ours[best]:.2f}x",
+            ours[best] >= 2.0,
+        ),
+        Verdict(
+            "Issue target: >= 1.3x faster than transformers' assisted generation with the same draft",
+            f"{vs_hf:.2f}x",
+            vs_hf >= 1.3,
+        ),
+        Verdict(
+            "Issue target: >= 80 % of the speedup Leviathan et al.'s formula predicts from measured acceptance and c",
+            ", ".join(f"{m} {o[m]['achieved_fraction']:.0%}" for m in OURS),
+            o[best]["achieved_fraction"] >= 0.8,
+        ),
     ]
-    md = (f"Greedy, {res['n_prompts']} Spec-Bench prompts ({'1 per category, ' + ', '.join(QUICK_CATEGORIES) if ctx.quick else '2 per category'}), "
-          f"{64 if ctx.quick else 128} new tokens, {res['config']['dtype']}, target {ctx.model}; drafts trained on the target's own generations "
-          f"(draft LM: {used['draft']['prompts']} + {used['draft'].get('self_prompts', 0)} self-written prompts x {used['draft']['new_tokens']} tokens, "
-          f"{used['draft']['steps']} steps; EAGLE head: {used['eagle']['prompts']} + {used['eagle'].get('self_prompts', 0)} x {used['eagle']['new_tokens']}, "
-          f"{used['eagle']['steps']} steps). `verify_cost` is one verification pass in units of one "
-          "plain decoding step (the formula assumes 1). eagle_pld is the EAGLE head with prompt lookup where the context's last n-gram recurs.\n\n" + table(res))
-    return Section("specdec", "Speculative decoding (Spec-Bench)", md, figures=[fig], data=json.loads(json.dumps(res)), verdicts=verdicts)
+    md = (
+        f"Greedy, {res['n_prompts']} Spec-Bench prompts ({'1 per category, ' + ', '.join(QUICK_CATEGORIES) if ctx.quick else '2 per category'}), "
+        f"{64 if ctx.quick else 128} new tokens, {res['config']['dtype']}, target {ctx.model}; drafts trained on the target's own generations "
+        f"(draft LM: {used['draft']['prompts']} + {used['draft'].get('self_prompts', 0)} self-written prompts x {used['draft']['new_tokens']} tokens, "
+        f"{used['draft']['steps']} steps; EAGLE head: {used['eagle']['prompts']} + {used['eagle'].get('self_prompts', 0)} x {used['eagle']['new_tokens']}, "
+        f"{used['eagle']['steps']} steps). `verify_cost` is one verification pass in units of one "
+        "plain decoding step (the formula assumes 1). eagle_pld is the EAGLE head with prompt lookup where the context's last n-gram recurs.\n\n"
+        + table(res)
+    )
+    return Section(
+        "specdec",
+        "Speculative decoding (Spec-Bench)",
+        md,
+        figures=[fig],
+        data=json.loads(json.dumps(res)),
+        verdicts=verdicts,
+    )

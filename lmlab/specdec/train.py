@@ -17,9 +17,9 @@ import logging
 import os
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ class DraftTrainConfig:
     seed: int = 0
 
     @staticmethod
-    def quick() -> "DraftTrainConfig":
+    def quick() -> DraftTrainConfig:
         return DraftTrainConfig(prompts=16, new_tokens=64, steps=80, batch=4, window=96, self_prompts=0)
 
     def key(self) -> str:
@@ -66,7 +66,11 @@ class DraftTrainConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-_ADDED = {"self_prompts": 0, "head_layers": 1, "feature_layers": ()}  # fields added later, left out of the key at their old behaviour
+_ADDED = {
+    "self_prompts": 0,
+    "head_layers": 1,
+    "feature_layers": (),
+}  # fields added later, left out of the key at their old behaviour
 
 
 # ------------------------------------------------------------------------------------------ corpus
@@ -77,7 +81,7 @@ def training_questions(n: int) -> list[str]:
         for line in f:
             row = json.loads(line)
             by_cat.setdefault(row["category"], []).append(row["turns"][0])
-    pools = [list(reversed(v[len(v) // 2:])) for v in by_cat.values()]
+    pools = [list(reversed(v[len(v) // 2 :])) for v in by_cat.values()]
     out: list[str] = []
     while len(out) < n and any(pools):
         for p in pools:
@@ -103,13 +107,15 @@ def self_written_questions(lm: LoadedModel, n: int, seed: int, folder: Path, bat
     tok = lm.tokenizer
     marker = "\x00"
     text = tok.apply_chat_template([{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=False)
-    prefix = tok(text[:text.index(marker)], add_special_tokens=False).input_ids
+    prefix = tok(text[: text.index(marker)], add_special_tokens=False).input_ids
     out: list[str] = []
     seen: set[str] = set()
     rnd = seed
     while len(out) < n:
         log.warning("specdec corpus: self-written requests %d of %d", len(out), n)
-        gens = generate(lm.model, tok, [prefix] * batch, SamplingParams(max_new_tokens=64, temperature=1.0, top_p=0.95, seed=rnd))
+        gens = generate(
+            lm.model, tok, [prefix] * batch, SamplingParams(max_new_tokens=64, temperature=1.0, top_p=0.95, seed=rnd)
+        )
         rnd += 1
         for g in gens:
             q = g.text.strip()
@@ -148,7 +154,7 @@ def build_corpus(lm: LoadedModel, cfg: DraftTrainConfig, batch: int = 16) -> lis
         path = folder / f"chunk-{i // batch:04d}.pt"
         if not path.exists():
             log.warning("specdec corpus: target generations %d-%d of %d", i, min(i + batch, len(qs)), len(qs))
-            prompts = [encode_chat(tok, [{"role": "user", "content": q}]) for q in qs[i:i + batch]]
+            prompts = [encode_chat(tok, [{"role": "user", "content": q}]) for q in qs[i : i + batch]]
             gens = generate(m, tok, prompts, SamplingParams(max_new_tokens=cfg.new_tokens))
             chunk = [_features(m, p + g.token_ids, cfg.topk) for p, g in zip(prompts, gens)]
             tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -177,9 +183,17 @@ def add_layer_features(lm: LoadedModel, cfg: DraftTrainConfig, seqs: list[dict[s
         m, feats = lm.model, []
         for i, s in enumerate(seqs):
             if i % 64 == 0:
-                log.warning("specdec corpus: hidden states %s, sequence %d of %d", list(cfg.feature_layers), i, len(seqs))
+                log.warning(
+                    "specdec corpus: hidden states %s, sequence %d of %d", list(cfg.feature_layers), i, len(seqs)
+                )
             ids = s["ids"].tolist()
-            out = chunked_forward(m, torch.tensor([ids], device=m.device), m.new_cache(1, len(ids)), logits="none", output_hidden_states=True)
+            out = chunked_forward(
+                m,
+                torch.tensor([ids], device=m.device),
+                m.new_cache(1, len(ids)),
+                logits="none",
+                output_hidden_states=True,
+            )
             feats.append(target_features(out, cfg.feature_layers)[0].float().cpu())
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         torch.save(feats, tmp)
@@ -201,8 +215,9 @@ def draft_vocab(seqs: list[dict[str, Tensor]], size: int, vocab_size: int) -> Te
 
 
 # ------------------------------------------------------------------------------------------ loss
-def distill_loss(h: Tensor, feat: Tensor, top_idx: Tensor, top_val: Tensor, lm_head: nn.Linear, vocab: Tensor,
-                 cls_weight: float) -> tuple[Tensor, dict[str, float]]:
+def distill_loss(
+    h: Tensor, feat: Tensor, top_idx: Tensor, top_val: Tensor, lm_head: nn.Linear, vocab: Tensor, cls_weight: float
+) -> tuple[Tensor, dict[str, float]]:
     """EAGLE's loss: smooth-L1 onto the target feature + cls_weight * cross-entropy of the draft's
     distribution over its token subset `vocab` against the target's top-K distribution (mass outside the
     subset dropped). Scoring the subset, not the 49k vocabulary, is what makes CPU training fast, and it
@@ -232,22 +247,31 @@ def _windows(seqs: list[dict[str, Tensor]], cfg: DraftTrainConfig, shift: int, d
         for s in rows:
             a = rng.randrange(0, len(s["ids"]) - shift - W_ + 1)
             t = slice(a + shift, a + shift + W_)
-            out["ids"].append(s["ids"][t] if shift else s["ids"][a:a + W_])
-            out["in_feat"].append(s["layers" if "layers" in s else "feat"][a:a + W_])
+            out["ids"].append(s["ids"][t] if shift else s["ids"][a : a + W_])
+            out["in_feat"].append(s["layers" if "layers" in s else "feat"][a : a + W_])
             out["feat"].append(s["feat"][t])
             out["top_idx"].append(s["top_idx"][t])
             out["top_val"].append(s["top_val"][t])
         yield {k: torch.stack(v).to(device) for k, v in out.items()}
 
 
-def split_heldout(seqs: list[dict[str, Tensor]], every: int = 16) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
+def split_heldout(
+    seqs: list[dict[str, Tensor]], every: int = 16
+) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
     """(train, held-out): every `every`-th sequence (whole answers, so no window of a held-out answer is seen)."""
     return [s for i, s in enumerate(seqs) if i % every], [s for i, s in enumerate(seqs) if i % every == 0]
 
 
 @torch.no_grad()
-def heldout_metrics(model: nn.Module, loss_fn, seqs: list[dict[str, Tensor]], cfg: DraftTrainConfig, shift: int, device,
-                    batches: int = 16) -> dict[str, float]:
+def heldout_metrics(
+    model: nn.Module,
+    loss_fn,
+    seqs: list[dict[str, Tensor]],
+    cfg: DraftTrainConfig,
+    shift: int,
+    device,
+    batches: int = 16,
+) -> dict[str, float]:
     """Mean training metrics (top-1 agreement with the target, ...) on held-out answers. Training-batch top-1
     overstates what a draft does on new prompts: a 100k-token corpus is memorised within a few epochs."""
     model.eval()
@@ -265,7 +289,13 @@ def init_draft_lm(target: Transformer, layers: tuple[int, ...]) -> Transformer:
     draft = Transformer(replace(target.cfg, num_layers=len(picks))).to(device=target.device, dtype=torch.float32)
     sd = {k: v for k, v in target.state_dict().items() if not k.startswith("layers.")}
     for j, l in enumerate(picks):
-        sd.update({k.replace(f"layers.{l}.", f"layers.{j}.", 1): v for k, v in target.state_dict().items() if k.startswith(f"layers.{l}.")})
+        sd.update(
+            {
+                k.replace(f"layers.{l}.", f"layers.{j}.", 1): v
+                for k, v in target.state_dict().items()
+                if k.startswith(f"layers.{l}.")
+            }
+        )
     draft.load_state_dict(sd)
     draft.embed.weight.requires_grad_(False)
     return draft
@@ -296,21 +326,42 @@ def train_draft_lm(lm: LoadedModel, cfg: DraftTrainConfig, out: Path, log_fn=Non
         return distill_loss(h, b["feat"], b["top_idx"], b["top_val"], model.lm_head, vocab_d, cfg.cls_weight)
 
     train_seqs, held = split_heldout(seqs)
-    hist = train(draft, _windows(train_seqs, cfg, 0, lm.model.device), loss_fn,
-                 TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(30, cfg.steps // 5), seed=cfg.seed, log_every=50), log=log_fn)
+    hist = train(
+        draft,
+        _windows(train_seqs, cfg, 0, lm.model.device),
+        loss_fn,
+        TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(30, cfg.steps // 5), seed=cfg.seed, log_every=50),
+        log=log_fn,
+    )
     heldout = heldout_metrics(draft, loss_fn, held, cfg, 0, lm.model.device)
-    log.warning("specdec draft LM: held-out top-1 %.3f (last training batch %.3f)", heldout["top1"], hist[-1].get("top1", float("nan")))
+    log.warning(
+        "specdec draft LM: held-out top-1 %.3f (last training batch %.3f)",
+        heldout["top1"],
+        hist[-1].get("top1", float("nan")),
+    )
     save_checkpoint(_restrict_lm_head(draft, vocab), lm.tokenizer, out)
     from safetensors.torch import save_file
 
     save_file({"vocab": vocab}, str(out / "specdec_vocab.safetensors"))
-    (out / "specdec_train.json").write_text(json.dumps({"target": str(lm.path), "config": cfg.__dict__, "final": hist[-1], "heldout": heldout},
-                                                       indent=2, default=str))
+    (out / "specdec_train.json").write_text(
+        json.dumps(
+            {"target": str(lm.path), "config": cfg.__dict__, "final": hist[-1], "heldout": heldout},
+            indent=2,
+            default=str,
+        )
+    )
     return out
 
 
-def unrolled_head_loss(head: EagleHead, b: dict[str, Tensor], embed: nn.Embedding, lm_head: nn.Linear, vocab: Tensor,
-                       cfg: DraftTrainConfig, rms: float) -> tuple[Tensor, dict[str, float]]:
+def unrolled_head_loss(
+    head: EagleHead,
+    b: dict[str, Tensor],
+    embed: nn.Embedding,
+    lm_head: nn.Linear,
+    vocab: Tensor,
+    cfg: DraftTrainConfig,
+    rms: float,
+) -> tuple[Tensor, dict[str, float]]:
     """`cfg.unroll` passes over one window. Pass 1 reads the target's features (plus EAGLE's uniform noise);
     pass k+1 reads, at a random half of the positions, the feature pass k *predicted* there. At inference
     every draft level after the first reads the head's own predictions, so a head trained only on true
@@ -335,21 +386,25 @@ def train_eagle_head(lm: LoadedModel, cfg: DraftTrainConfig, out: Path, log_fn=N
     """Train the EAGLE-style head on the target's features (target frozen)."""
     target = lm.model
     if any(not 0 <= i <= target.cfg.num_layers for i in cfg.feature_layers):
-        raise LmlabError(f"feature_layers {list(cfg.feature_layers)}: the target has hidden states 0..{target.cfg.num_layers}",
-                         hint=f"0 = embeddings, i = output of layer i, {target.cfg.num_layers} = the final normed state")
+        raise LmlabError(
+            f"feature_layers {list(cfg.feature_layers)}: the target has hidden states 0..{target.cfg.num_layers}",
+            hint=f"0 = embeddings, i = output of layer i, {target.cfg.num_layers} = the final normed state",
+        )
     seqs = build_corpus(lm, cfg)
     vocab = draft_vocab(seqs, cfg.vocab, lm.config.vocab_size)
     vocab_d = vocab.to(target.device)
     if cfg.feature_layers:
         add_layer_features(lm, cfg, seqs)
-    head = EagleHead(target.cfg, vocab, cfg.head_layers, cfg.feature_layers).to(device=target.device, dtype=torch.float32)
+    head = EagleHead(target.cfg, vocab, cfg.head_layers, cfg.feature_layers).to(
+        device=target.device, dtype=torch.float32
+    )
     if head.fuse is not None:  # start as plain EAGLE where the final hidden state is among the inputs: it only gains
         H, final = target.cfg.hidden_size, target.cfg.num_layers
         with torch.no_grad():
             head.fuse.weight.normal_(0, 0.02 / len(cfg.feature_layers) ** 0.5)
             if final in cfg.feature_layers:
                 j = cfg.feature_layers.index(final)
-                head.fuse.weight[:, j * H:(j + 1) * H] = torch.eye(H)
+                head.fuse.weight[:, j * H : (j + 1) * H] = torch.eye(H)
     n = target.cfg.num_layers
     for j, layer in enumerate(head.body.layers):  # the target's last head_layers layers, in order
         src = f"layers.{n - cfg.head_layers + j}."
@@ -357,7 +412,9 @@ def train_eagle_head(lm: LoadedModel, cfg: DraftTrainConfig, out: Path, log_fn=N
     head.body.norm.load_state_dict(target.norm.state_dict())
     embed = nn.Embedding.from_pretrained(target.embed.weight.detach().float(), freeze=True)
     lm_head = nn.Linear(target.cfg.hidden_size, target.cfg.vocab_size, bias=False).to(target.device)
-    lm_head.weight = nn.Parameter(embed.weight if target.cfg.tie_word_embeddings else target.lm_head.weight.detach().float(), requires_grad=False)
+    lm_head.weight = nn.Parameter(
+        embed.weight if target.cfg.tie_word_embeddings else target.lm_head.weight.detach().float(), requires_grad=False
+    )
 
     rms = float(torch.cat([s["feat"] for s in seqs[:64]]).pow(2).mean().sqrt())
 
@@ -365,10 +422,21 @@ def train_eagle_head(lm: LoadedModel, cfg: DraftTrainConfig, out: Path, log_fn=N
         return unrolled_head_loss(model, b, embed, lm_head, vocab_d, cfg, rms)
 
     train_seqs, held = split_heldout(seqs)
-    hist = train(head, _windows(train_seqs, cfg, 1, target.device), loss_fn,
-                 TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(30, cfg.steps // 5), seed=cfg.seed, log_every=50), log=log_fn)
+    hist = train(
+        head,
+        _windows(train_seqs, cfg, 1, target.device),
+        loss_fn,
+        TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(30, cfg.steps // 5), seed=cfg.seed, log_every=50),
+        log=log_fn,
+    )
     clean = replace(cfg, feat_noise=0.0)  # evaluate without the training-time feature noise
-    heldout = heldout_metrics(head, lambda m, b: unrolled_head_loss(m, b, embed, lm_head, vocab_d, clean, rms), held, cfg, 1, target.device)
-    log.warning("specdec EAGLE head: held-out top-1 %.3f at depth 1, %.3f at depth 2 (last training batch %.3f)", heldout["top1"],
-                heldout.get("top1_2", float("nan")), hist[-1].get("top1", float("nan")))
+    heldout = heldout_metrics(
+        head, lambda m, b: unrolled_head_loss(m, b, embed, lm_head, vocab_d, clean, rms), held, cfg, 1, target.device
+    )
+    log.warning(
+        "specdec EAGLE head: held-out top-1 %.3f at depth 1, %.3f at depth 2 (last training batch %.3f)",
+        heldout["top1"],
+        heldout.get("top1_2", float("nan")),
+        hist[-1].get("top1", float("nan")),
+    )
     return save_head(head, out, {"target": str(lm.path), "config": cfg.__dict__, "final": hist[-1], "heldout": heldout})

@@ -16,8 +16,8 @@ exact; greedy decoding only checks that the child equals the target's argmax.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -38,7 +38,7 @@ class Draft:
         return len(self.tokens)
 
     @staticmethod
-    def chain(tokens: list[int], q: Tensor | None = None) -> "Draft":
+    def chain(tokens: list[int], q: Tensor | None = None) -> Draft:
         return Draft(list(tokens), list(range(len(tokens))), q)
 
     def is_chain(self) -> bool:
@@ -65,10 +65,10 @@ def tree_attention(drafts: list[Draft], width: int, device: torch.device | str) 
     mask = torch.eye(width, dtype=torch.bool).repeat(B, 1, 1)
     depth = torch.zeros(B, width, dtype=torch.long)
     for b, d in enumerate(drafts):
-        mask[b, :len(d) + 1, 0] = True
+        mask[b, : len(d) + 1, 0] = True
         for i, p in enumerate(d.parents, start=1):
             mask[b, i] |= mask[b, p]
-        depth[b, :len(d) + 1] = torch.tensor(d.depths())
+        depth[b, : len(d) + 1] = torch.tensor(d.depths())
     return mask.to(device), depth.to(device)
 
 
@@ -80,8 +80,13 @@ def _uniform(gen: torch.Generator | None, device: torch.device) -> float:
     return float(torch.rand((), generator=gen, device=device))
 
 
-def accept(draft: Draft, logits: Tensor, params: SamplingParams, gen: torch.Generator | None = None,
-           probs: Tensor | None = None) -> tuple[list[int], int]:
+def accept(
+    draft: Draft,
+    logits: Tensor,
+    params: SamplingParams,
+    gen: torch.Generator | None = None,
+    probs: Tensor | None = None,
+) -> tuple[list[int], int]:
     """Walk the tree with the target's logits [n+1, V] (row i: distribution after node i); `probs` are
     the matching sampling distributions when the caller computed them for the whole batch at once.
 
@@ -108,7 +113,9 @@ def accept(draft: Draft, logits: Tensor, params: SamplingParams, gen: torch.Gene
                 path.append(k)
                 node = k
                 break
-            residual = (p - q).clamp_min(0) if q is not None else p.index_fill(0, torch.tensor([x], device=p.device), 0.0)
+            residual = (
+                (p - q).clamp_min(0) if q is not None else p.index_fill(0, torch.tensor([x], device=p.device), 0.0)
+            )
             total = residual.sum()
             if total <= 0:  # p == q up to rounding: the rejection had probability ~0, p itself is the residual
                 continue

@@ -48,8 +48,14 @@ class FakeOpenAI(BaseHTTPRequestHandler):
                 text = "echo: " + body["prompt"]
                 choice = {"index": 0, "text": text, "finish_reason": "length"}
                 obj = "text_completion"
-            out = {"id": "x", "object": obj, "created": 0, "model": body["model"], "choices": [choice],
-                   "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+            out = {
+                "id": "x",
+                "object": obj,
+                "created": 0,
+                "model": body["model"],
+                "choices": [choice],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+            }
             data = json.dumps(out).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")

@@ -6,8 +6,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-from lmlab.core.engine import (SamplingParams, encode_chat, filter_logits, generate, prefill_forward, probs_from_logits,
-                               stream_generate)
+from lmlab.core.engine import (
+    SamplingParams,
+    encode_chat,
+    filter_logits,
+    generate,
+    prefill_forward,
+    probs_from_logits,
+    stream_generate,
+)
 from lmlab.core.errors import LmlabError
 from lmlab.core.loader import _smollm2_gguf, load_model
 
@@ -17,8 +24,15 @@ PROMPTS = ["The capital of France is", "Once upon a time in a land far away, the
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     path = tmp_path_factory.mktemp("tiny")
     AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
     model = load_model(str(path), cache=False).model
@@ -42,10 +56,12 @@ def test_greedy_matches_transformers_generate(smollm):
     tok = smollm.tokenizer
     for text in PROMPTS[:2]:
         ids = tok(text).input_ids
-        ref = hf.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids):].tolist()
+        ref = hf.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids) :].tolist()
         got = generate(smollm.model, tok, [ids], SamplingParams(max_new_tokens=24))[0]
         eos = tok.eos_token_id
-        assert got.token_ids == [t for t in ref if t != eos][: len(got.token_ids)] and len(got.token_ids) == len([t for t in ref if t != eos])
+        assert got.token_ids == [t for t in ref if t != eos][: len(got.token_ids)] and len(got.token_ids) == len(
+            [t for t in ref if t != eos]
+        )
 
 
 def test_batch_of_different_lengths_equals_single_rows(smollm):
@@ -70,9 +86,9 @@ def test_mixed_length_prefill_is_row_by_row_and_equals_lone_prompts(smollm):
             one = m.new_cache(1, 256)
             ref = prefill_forward(m, one, [r])
             assert torch.equal(out.logits[b], ref.logits[0])
-            assert torch.equal(out.last_hidden[b, :len(r)], ref.last_hidden[0])
-            assert torch.equal(cache.k[3][b, :, :len(r)], one.k[3][0, :, :len(r)])
-        assert not out.last_hidden[1, len(rows[1]):].any()  # padding positions were never computed
+            assert torch.equal(out.last_hidden[b, : len(r)], ref.last_hidden[0])
+            assert torch.equal(cache.k[3][b, :, : len(r)], one.k[3][0, :, : len(r)])
+        assert not out.last_hidden[1, len(rows[1]) :].any()  # padding positions were never computed
 
 
 def test_stop_strings_tokens_and_length(smollm):
@@ -119,8 +135,14 @@ def _tv(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return 0.5 * (counts / counts.sum() - probs).abs().sum().item()
 
 
-@pytest.mark.parametrize("params", [SamplingParams(temperature=0.7), SamplingParams(temperature=1.3, top_k=10),
-                                    SamplingParams(temperature=1.0, top_p=0.8)])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.7),
+        SamplingParams(temperature=1.3, top_k=10),
+        SamplingParams(temperature=1.0, top_p=0.8),
+    ],
+)
 def test_sampling_distribution_matches_target(tiny, params):
     """Empirical first-token frequencies converge to the filtered softmax; the unfiltered/untempered one is rejected."""
     prompt = [3, 1, 4, 1, 5]
@@ -146,7 +168,9 @@ def test_seed_reproducible(tiny):
     assert a != generate(tiny, None, [[1, 2, 3]], p)[0].token_ids
 
 
-@pytest.mark.parametrize("text", ["Hello wörld, naïve café 😀 emoji — dash\n\nnew para 12345", "  leading spaces\ttabs 日本語テキスト"])
+@pytest.mark.parametrize(
+    "text", ["Hello wörld, naïve café 😀 emoji — dash\n\nnew para 12345", "  leading spaces\ttabs 日本語テキスト"]
+)
 def test_incremental_detokenisation_equals_full_decode(smollm, text):
     from lmlab.core.engine import _RowText
 

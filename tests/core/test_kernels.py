@@ -25,32 +25,44 @@ def test_packed_linear_matches_reference_and_is_row_invariant(n, k, bias, dtype)
     b = torch.randn(n, generator=g) if bias else None
     y = kernels.packed_linear(x, kernels.pack(w, dtype), n, b)
     ref = x.double() @ w.to(dtype).double().T + (0 if b is None else b.double())
-    assert torch.allclose(y.double(), ref, atol=1e-4 * k ** 0.5, rtol=0)
+    assert torch.allclose(y.double(), ref, atol=1e-4 * k**0.5, rtol=0)
     for m in range(1, 10):  # every row alone and in every block size: the same bits
         assert torch.equal(kernels.packed_linear(x[:m], kernels.pack(w, dtype), n, b), y[:m])
-        assert torch.equal(kernels.packed_linear(x[m - 1:m], kernels.pack(w, dtype), n, b)[0], y[m - 1])
+        assert torch.equal(kernels.packed_linear(x[m - 1 : m], kernels.pack(w, dtype), n, b)[0], y[m - 1])
 
 
 def test_attention_matches_sdpa_and_depends_only_on_visible_keys():
     g = torch.Generator().manual_seed(0)
     B, H, Hkv, T, S, D = 2, 6, 2, 5, 40, 32
-    q, kc, vc = torch.randn(B, H, T, D, generator=g), torch.randn(B, Hkv, S, D, generator=g), torch.randn(B, Hkv, S, D, generator=g)
+    q, kc, vc = (
+        torch.randn(B, H, T, D, generator=g),
+        torch.randn(B, Hkv, S, D, generator=g),
+        torch.randn(B, Hkv, S, D, generator=g),
+    )
     vis = torch.rand(B, T, 30, generator=g) < 0.6
     vis[..., 0] = True
-    y = kernels.attention(q, kc, vc, vis, D ** -0.5)
+    y = kernels.attention(q, kc, vc, vis, D**-0.5)
     ref = F.scaled_dot_product_attention(q, kc[:, :, :30], vc[:, :, :30], attn_mask=vis[:, None], enable_gqa=True)
     assert torch.allclose(y, ref, atol=1e-5)
     # query (0, 0) alone, over a wider key window whose extra keys it does not see: identical bits
     wide = torch.zeros(1, 1, S, dtype=torch.bool)
     wide[0, 0, :30] = vis[0, 0]
-    alone = kernels.attention(q[:1, :, :1], kc[:1], vc[:1], wide, D ** -0.5)
+    alone = kernels.attention(q[:1, :, :1], kc[:1], vc[:1], wide, D**-0.5)
     assert torch.equal(alone[0, :, 0], y[0, :, 0])
 
 
 def tiny_model() -> Transformer:
     torch.manual_seed(0)
-    cfg = ModelConfig.from_hf(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
-                                          num_attention_heads=4, num_key_value_heads=2).to_dict())
+    cfg = ModelConfig.from_hf(
+        LlamaConfig(
+            vocab_size=300,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ).to_dict()
+    )
     return Transformer(cfg).eval()
 
 
@@ -60,7 +72,7 @@ def test_block_and_tree_passes_equal_single_steps_bit_for_bit():
     with torch.inference_mode():
         c = m.new_cache(1, 64)
         m(prompt, c)
-        steps = [m(new[:, i:i + 1], c).logits for i in range(6)]
+        steps = [m(new[:, i : i + 1], c).logits for i in range(6)]
         c = m.new_cache(1, 64)
         m(prompt, c)
         block = m(new, c, logits="all").logits
@@ -131,10 +143,14 @@ def test_chunked_prefill_equals_stepwise_decoding_bit_for_bit(monkeypatch):
         out = chunked_forward(m, ids, c1, logits="all", output_hidden_states=True)
         assert calls == [8, 8, 8, 6]
         c2 = m.new_cache(1, 32)
-        steps = torch.cat([m(ids[:, i:i + 1], c2, logits="all").logits for i in range(30)], 1)
+        steps = torch.cat([m(ids[:, i : i + 1], c2, logits="all").logits for i in range(30)], 1)
     assert torch.equal(out.logits, steps)
     assert all(torch.equal(a[:, :, :30], b[:, :, :30]) for a, b in zip(c1.k + c1.v, c2.k + c2.v))
-    assert out.last_hidden.shape == (1, 30, 64) and len(out.hidden_states) == 4 and out.hidden_states[0].shape == (1, 30, 64)
+    assert (
+        out.last_hidden.shape == (1, 30, 64)
+        and len(out.hidden_states) == 4
+        and out.hidden_states[0].shape == (1, 30, 64)
+    )
 
 
 @pytest.mark.parametrize("n,k", [(960, 576), (131, 64), (5, 1536)])
@@ -150,10 +166,9 @@ def test_q4_packing_round_trips_and_kernel_matches_its_weights(n, k):
     assert torch.equal(c2, codes) and torch.equal(d2, dm)
     y = kernels.packed_linear_q4(x, (codes, dm), n, None)
     ref = x.double() @ wq.double().T
-    assert torch.allclose(y.double(), ref, atol=1e-4 * k ** 0.5, rtol=0)
+    assert torch.allclose(y.double(), ref, atol=1e-4 * k**0.5, rtol=0)
     with pytest.raises(ValueError, match="divisible by 32"):
         kernels.pack_q4(torch.randn(4, 40))
-
 
 
 def test_q8_packing_and_kernel():
@@ -177,7 +192,7 @@ def test_fused_blocks_give_the_unfused_bits(monkeypatch):
         c = m.new_cache(1, 48)
         with torch.inference_mode():
             a = m(ids[:, :30], c, logits="all").logits
-            b = [m(ids[:, i:i + 1], c).logits for i in range(30, 34)]
+            b = [m(ids[:, i : i + 1], c).logits for i in range(30, 34)]
             return a, b, m(ids[:, 34:40], c, logits="all").logits
 
     calls = []
@@ -185,4 +200,8 @@ def test_fused_blocks_give_the_unfused_bits(monkeypatch):
     monkeypatch.setattr(kernels, "decoder_block", lambda *a: calls.append(1) or real(*a))
     fused, plain = run("1"), run("0")
     assert calls, "the fused path must have run"
-    assert torch.equal(fused[0], plain[0]) and all(torch.equal(x, y) for x, y in zip(fused[1], plain[1])) and torch.equal(fused[2], plain[2])
+    assert (
+        torch.equal(fused[0], plain[0])
+        and all(torch.equal(x, y) for x, y in zip(fused[1], plain[1]))
+        and torch.equal(fused[2], plain[2])
+    )

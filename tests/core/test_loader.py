@@ -14,8 +14,15 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from lmlab.core.errors import LmlabError
 from lmlab.core.loader import load_model, resolve, save_checkpoint
 
-TINY = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=32)
+TINY = LlamaConfig(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=32,
+)
 
 
 @pytest.fixture()
@@ -26,8 +33,13 @@ def ckpt(tmp_path):
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmlab.cli", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "lmlab.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_save_checkpoint_round_trips_through_transformers(ckpt, tmp_path):
@@ -104,7 +116,9 @@ def test_cli_bad_inputs_give_one_line_errors(ckpt, tmp_path, cli):
 
     arch = tmp_path / "bert"
     arch.mkdir()
-    (arch / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"], "hidden_size": 8}))
+    (arch / "config.json").write_text(
+        json.dumps({"model_type": "bert", "architectures": ["BertModel"], "hidden_size": 8})
+    )
     _one_line_error(cli("generate", "hi", "-m", str(arch)), "unsupported architecture", "bert")
 
     bad = tmp_path / "corrupt"
@@ -128,6 +142,7 @@ def test_cli_bad_inputs_give_one_line_errors(ckpt, tmp_path, cli):
 
 def test_cli_prompt_longer_than_context(ckpt, tmp_path, cli):
     from transformers import PreTrainedTokenizerFast
+
     from lmlab.core.train import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(["a b c d e f g"] * 10, 60)
@@ -152,13 +167,23 @@ def test_cli_chat_keeps_history_and_exits_on_empty_line():
     from lmlab.core.engine import SamplingParams
 
     turns = ["My name is Ada.", "What is my name?"]
-    proc = subprocess.run([sys.executable, "-m", "lmlab.cli", "chat", "-t", "0", "-n", "16"], input="\n".join(turns) + "\n\n",
-                          capture_output=True, text=True, timeout=300, env=os.environ)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmlab.cli", "chat", "-t", "0", "-n", "16"],
+        input="\n".join(turns) + "\n\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     replies = [r.strip() for r in proc.stdout.split("> ") if r.strip()]
     be, p = LocalBackend(), SamplingParams(max_new_tokens=16)
     first = be.complete([[{"role": "user", "content": turns[0]}]], p)[0].text
-    history = [{"role": "user", "content": turns[0]}, {"role": "assistant", "content": first}, {"role": "user", "content": turns[1]}]
+    history = [
+        {"role": "user", "content": turns[0]},
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": turns[1]},
+    ]
     second = be.complete([history], p)[0].text
     alone = be.complete([[{"role": "user", "content": turns[1]}]], p)[0].text
     assert replies == [first.strip(), second.strip()]

@@ -14,15 +14,33 @@ from lmlab.core.loader import load_model
 # (a wrong RoPE, mask or norm moves logits by >1e-2).
 TOL = 1e-4
 
-TINY = dict(vocab_size=211, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5)
+TINY = dict(
+    vocab_size=211,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-5,
+)
 
 CONFIGS = {
     "llama-default": lambda: LlamaConfig(**TINY, tie_word_embeddings=True),
     "llama-linear": lambda: LlamaConfig(**TINY, rope_scaling={"rope_type": "linear", "factor": 2.0}),
-    "llama3-rope": lambda: LlamaConfig(**TINY, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                                              "high_freq_factor": 4.0, "original_max_position_embeddings": 32}),
-    "llama-yarn": lambda: LlamaConfig(**TINY, rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
+    "llama3-rope": lambda: LlamaConfig(
+        **TINY,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    ),
+    "llama-yarn": lambda: LlamaConfig(
+        **TINY, rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+    ),
     "qwen2-bias-untied": lambda: Qwen2Config(**TINY, tie_word_embeddings=False),
     "mistral": lambda: MistralConfig(**{**TINY, "head_dim": 16}),
 }
@@ -59,7 +77,7 @@ def test_incremental_decode_matches_full_forward(name, tmp_path):
         chunks = [nat(ids[:, :10], cache, logits="all").logits[0]]
         chunks.append(nat(ids[:, 10:17], cache, logits="all").logits[0])  # chunked prefill on a prefix
         for t in range(17, 30):
-            chunks.append(nat(ids[:, t:t + 1], cache, logits="all").logits[0])
+            chunks.append(nat(ids[:, t : t + 1], cache, logits="all").logits[0])
     assert (torch.cat(chunks) - ref).abs().max().item() < TOL
 
 
@@ -154,7 +172,9 @@ def test_hidden_states_and_hooks_match_hf(tmp_path):
             assert (h - r).abs().max() < TOL
         shift = torch.zeros(64)
         shift[0] = 5.0
-        steered = nat(ids, nat.new_cache(1, 16), output_hidden_states=True, logits="none", hooks={0: lambda h: h + shift})
+        steered = nat(
+            ids, nat.new_cache(1, 16), output_hidden_states=True, logits="none", hooks={0: lambda h: h + shift}
+        )
         assert (steered.hidden_states[1] - out.hidden_states[1] - shift).abs().max() < 1e-5
 
 

@@ -24,7 +24,9 @@ def test_int8_linear_equals_dequantized_matmul():
 
 def test_int8_smollm2_agrees_with_fp32(smollm):
     q = load_model("smollm2-135m-instruct", dtype=torch.bfloat16, quant="int8", cache=False).model
-    ids = torch.tensor([smollm.tokenizer("Photosynthesis turns light, water and carbon dioxide into sugar and oxygen. " * 3).input_ids])
+    ids = torch.tensor(
+        [smollm.tokenizer("Photosynthesis turns light, water and carbon dioxide into sugar and oxygen. " * 3).input_ids]
+    )
     with torch.no_grad():
         ref = smollm.model(ids, smollm.model.new_cache(1, 128), logits="all").logits
         got = q(ids, q.new_cache(1, 128), logits="all").logits.float()

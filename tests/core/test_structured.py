@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from pydantic import BaseModel, Field, ValidationError
@@ -21,8 +20,11 @@ class Subjects(BaseModel):
     subjects: list[Level] = Field(min_length=1, max_length=2)
 
 
-PROMPTS = ["List subjects a student of physics should learn, as JSON.", "Name subjects in world history as JSON.",
-           "Give me a JSON object describing chemistry courses."]
+PROMPTS = [
+    "List subjects a student of physics should learn, as JSON.",
+    "Name subjects in world history as JSON.",
+    "Give me a JSON object describing chemistry courses.",
+]
 
 
 def _ids(lm, prompts):
@@ -75,17 +77,19 @@ def test_mask_is_exactly_the_grammar(smollm):
             assert m.accept_token(t)
         ref_mask = xgr.allocate_token_bitmask(1, V)
         m.fill_next_token_bitmask(ref_mask, 0)
-        ref = logits[row:row + 1].clone()
+        ref = logits[row : row + 1].clone()
         xgr.apply_token_bitmask_inplace(ref, ref_mask)
         assert torch.equal(out[row], ref[0])
         assert torch.isfinite(out[row]).sum() < V // 10  # the grammar really restricts
-    assert torch.isinf(out[0, tok('hello', add_special_tokens=False).input_ids[0]])  # JSON must open with '{'
+    assert torch.isinf(out[0, tok("hello", add_special_tokens=False).input_ids[0]])  # JSON must open with '{'
 
 
 def test_complete_value_forces_eos(smollm):
     tok = smollm.tokenizer
     V = smollm.model.cfg.vocab_size
-    proc = json_schema_processor(tok, {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}, 1)
+    proc = json_schema_processor(
+        tok, {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}, 1
+    )
     done = tok('{"a": 7}', add_special_tokens=False).input_ids
     out = proc([0], [done], torch.zeros(1, V))
     assert torch.isfinite(out[0]).sum() == 1 and out[0].argmax() == tok.eos_token_id

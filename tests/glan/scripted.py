@@ -24,13 +24,32 @@ class ScriptedBackend:
         rng = random.Random(hashlib.sha256(f"{text}|{params.seed}".encode()).hexdigest())
         title = (schema or {}).get("title")
         if title == "SubjectList":
-            return json.dumps({"subjects": [{"name": f"{rng.choice(WORDS).title()} {rng.choice(WORDS)} {rng.randint(1, 4)}",
-                                             "level": rng.choice(["introductory", "advanced"])} for _ in range(3)]})
+            return json.dumps(
+                {
+                    "subjects": [
+                        {
+                            "name": f"{rng.choice(WORDS).title()} {rng.choice(WORDS)} {rng.randint(1, 4)}",
+                            "level": rng.choice(["introductory", "advanced"]),
+                        }
+                        for _ in range(3)
+                    ]
+                }
+            )
         if title == "Syllabus":
-            return json.dumps({"sessions": [{"title": f"Session on {rng.choice(WORDS)}", "concepts": rng.sample(WORDS, 3)} for _ in range(3)]})
+            return json.dumps(
+                {
+                    "sessions": [
+                        {"title": f"Session on {rng.choice(WORDS)}", "concepts": rng.sample(WORDS, 3)} for _ in range(3)
+                    ]
+                }
+            )
         if title == "Question":
             concepts = re.findall(r"tests the key concept\(s\) (\[.*?\])", text)
-            return json.dumps({"question": f"Homework {rng.randint(0, 10**6)}: explain {concepts[0] if concepts else 'it'} with an example."})
+            return json.dumps(
+                {
+                    "question": f"Homework {rng.randint(0, 10**6)}: explain {concepts[0] if concepts else 'it'} with an example."
+                }
+            )
         if title == "Answer":
             return json.dumps({"answer": f"Answer {rng.randint(0, 10**6)}: because of {rng.choice(WORDS)}."})
         return json.dumps({"names": [f"{rng.choice(WORDS).title()} Studies {i}" for i in range(3)]})

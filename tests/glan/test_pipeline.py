@@ -17,8 +17,13 @@ from lmlab.glan.taxonomy import load_taxonomy
 
 from .scripted import ScriptedBackend
 
-CFG = GlanConfig(subjects_per_discipline=2, subject_samples=2, max_sessions=2, questions_per_subject=2,
-                 max_tokens={"subjects": 120, "syllabus": 160, "questions": 100, "answers": 100})
+CFG = GlanConfig(
+    subjects_per_discipline=2,
+    subject_samples=2,
+    max_sessions=2,
+    questions_per_subject=2,
+    max_tokens={"subjects": 120, "syllabus": 160, "questions": 100, "answers": 100},
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +93,30 @@ def test_batch_export_import_round_trip(backend, tmp_path, full_run):
     res = glan_run(tmp_path / "run", load_taxonomy()[:2], backend, CFG, export_to=req_file)
     assert res.status == "exported"
     lines = [json.loads(x) for x in req_file.read_text().splitlines()]
-    assert lines and all(x["url"] == "/v1/chat/completions" and x["body"]["response_format"]["type"] == "json_schema" for x in lines)
+    assert lines and all(
+        x["url"] == "/v1/chat/completions" and x["body"]["response_format"]["type"] == "json_schema" for x in lines
+    )
     assert len({x["custom_id"] for x in lines}) == len(lines)
     src = LLMCache(src_out / "calls.sqlite")
     results = []
     for x in lines:
         e = src.get(x["custom_id"])
-        results.append({"custom_id": x["custom_id"], "response": {"status_code": 200, "body": {
-            "choices": [{"message": {"role": "assistant", "content": e.text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": e.prompt_tokens, "completion_tokens": e.completion_tokens}}}})
-    results[-1] = {"custom_id": lines[-1]["custom_id"], "response": {"status_code": 500, "body": {}}}  # one failed line stays pending
+        results.append(
+            {
+                "custom_id": x["custom_id"],
+                "response": {
+                    "status_code": 200,
+                    "body": {
+                        "choices": [{"message": {"role": "assistant", "content": e.text}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": e.prompt_tokens, "completion_tokens": e.completion_tokens},
+                    },
+                },
+            }
+        )
+    results[-1] = {
+        "custom_id": lines[-1]["custom_id"],
+        "response": {"status_code": 500, "body": {}},
+    }  # one failed line stays pending
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
     counts = import_results(tmp_path / "results.jsonl", req_file, LLMCache(tmp_path / "run" / "calls.sqlite"))
     assert counts == {"imported": len(lines) - 1, "failed": 1, "unknown": 0}

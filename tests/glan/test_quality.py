@@ -19,13 +19,20 @@ BASE = "Explain how the conservation of momentum applies when two carts collide 
 
 
 def test_exact_and_near_duplicates_removed_distinct_kept():
-    rows = [_row(BASE), _row(BASE.upper() + "  "),  # exact after normalisation
-            _row(BASE.replace("afterwards", "after the collision")),  # near duplicate (one phrase changed)
-            _row("Derive the eigenvalues of a 2x2 rotation matrix and interpret them geometrically for a quarter turn."),
-            _row("Explain how energy is conserved when a pendulum swings without air resistance, at the top and bottom.")]
+    rows = [
+        _row(BASE),
+        _row(BASE.upper() + "  "),  # exact after normalisation
+        _row(BASE.replace("afterwards", "after the collision")),  # near duplicate (one phrase changed)
+        _row("Derive the eigenvalues of a 2x2 rotation matrix and interpret them geometrically for a quarter turn."),
+        _row("Explain how energy is conserved when a pendulum swings without air resistance, at the top and bottom."),
+    ]
     rep = dedup(rows, threshold=0.6)
     assert rep.counts == {"exact_duplicate": 1, "near_duplicate": 1}
-    assert [r["instruction"] for r in rep.kept] == [rows[0]["instruction"], rows[3]["instruction"], rows[4]["instruction"]]
+    assert [r["instruction"] for r in rep.kept] == [
+        rows[0]["instruction"],
+        rows[3]["instruction"],
+        rows[4]["instruction"],
+    ]
 
 
 def test_decontamination_against_gsm8k():

@@ -16,12 +16,15 @@ def test_builtin_and_round_trip(tmp_path):
     assert load_taxonomy(tmp_path / "t.yaml") == discs
 
 
-@pytest.mark.parametrize("text,line,what", [
-    ("Sciences:\n  Physics: Mechanics\n", 2, "non-empty list"),
-    ("Sciences:\n  Physics: [Mechanics]\nArts: [Music]\n", 3, "must map sub-fields"),
-    ("Sciences:\n  Physics: [Mechanics\n", 3, "invalid YAML"),
-    ("Sciences:\n  Physics:\n    - Mechanics\n    - ''\n", 4, "non-empty string"),
-])
+@pytest.mark.parametrize(
+    "text,line,what",
+    [
+        ("Sciences:\n  Physics: Mechanics\n", 2, "non-empty list"),
+        ("Sciences:\n  Physics: [Mechanics]\nArts: [Music]\n", 3, "must map sub-fields"),
+        ("Sciences:\n  Physics: [Mechanics\n", 3, "invalid YAML"),
+        ("Sciences:\n  Physics:\n    - Mechanics\n    - ''\n", 4, "non-empty string"),
+    ],
+)
 def test_errors_name_the_line(tmp_path, text, line, what):
     p = tmp_path / "bad.yaml"
     p.write_text(text)
@@ -50,6 +53,10 @@ def test_cli_bad_taxonomy_is_one_line_exit_2(tmp_path):
 
     p = tmp_path / "bad.yaml"
     p.write_text("Sciences:\n  Physics: Mechanics\n")
-    r = subprocess.run([sys.executable, "-m", "lmlab.cli", "glan", "run", "--taxonomy", str(p), "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "lmlab.cli", "glan", "run", "--taxonomy", str(p), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "bad.yaml:2" in r.stderr

@@ -19,13 +19,28 @@ def main(out: str) -> None:
     torch.manual_seed(0)
     model = build_model(SETUP, "deepseekmoe")
     ids = torch.arange(4000, dtype=torch.int32) * 7 % 64
-    hist = train(model, batches(ids, SETUP.batch, SETUP.seq_len, 100 + acc.process_index), _loss_fn(model),
-                 TrainConfig(steps=STEPS, lr=1e-2, warmup=1, log_every=0), accelerator=acc)
+    hist = train(
+        model,
+        batches(ids, SETUP.batch, SETUP.seq_len, 100 + acc.process_index),
+        _loss_fn(model),
+        TrainConfig(steps=STEPS, lr=1e-2, warmup=1, log_every=0),
+        accelerator=acc,
+    )
     raw = acc.unwrap_model(model)
     with open(f"{out}/rank{acc.process_index}.json", "w") as f:
-        json.dump({"world": acc.num_processes, "loss": [h["loss"] for h in hist],
-                   "params": {k: v.flatten().tolist() for k, v in raw.state_dict().items() if "router.weight" in k or k == "norm.weight"},
-                   "checksum": float(sum(p.double().sum() for p in raw.parameters()))}, f)
+        json.dump(
+            {
+                "world": acc.num_processes,
+                "loss": [h["loss"] for h in hist],
+                "params": {
+                    k: v.flatten().tolist()
+                    for k, v in raw.state_dict().items()
+                    if "router.weight" in k or k == "norm.weight"
+                },
+                "checksum": float(sum(p.double().sum() for p in raw.parameters())),
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,15 @@ from lmlab.moe.model import from_hf_block, load_moe, save_moe
 
 
 def _hf_block(n_routed=15, n_shared=1, top_k=3, scale=1.0, hidden=64, inter=32) -> DeepseekV2Moe:
-    cfg = DeepseekV2Config(hidden_size=hidden, moe_intermediate_size=inter, n_routed_experts=n_routed,
-                           n_shared_experts=n_shared, num_experts_per_tok=top_k, topk_method="greedy",
-                           routed_scaling_factor=scale)
+    cfg = DeepseekV2Config(
+        hidden_size=hidden,
+        moe_intermediate_size=inter,
+        n_routed_experts=n_routed,
+        n_shared_experts=n_shared,
+        num_experts_per_tok=top_k,
+        topk_method="greedy",
+        routed_scaling_factor=scale,
+    )
     block = DeepseekV2Moe(cfg)
     for p in block.parameters():
         torch.nn.init.normal_(p, std=0.1)
@@ -61,11 +67,27 @@ def _hybrid(tmp_path, per_expert: bool):
     """A DeepSeekMoE-16B-style LM built from transformers modules: Llama decoder (MHA/GQA + RoPE) with
     transformers' DeepseekV2Moe as FFN from layer `first_k_dense_replace` on; saved in the hub layout."""
     torch.manual_seed(0)
-    lc = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                     num_key_value_heads=2, tie_word_embeddings=False, rms_norm_eps=1e-6, max_position_embeddings=64)
+    lc = LlamaConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=64,
+    )
     ref = LlamaForCausalLM(lc).eval()
-    mc = DeepseekV2Config(hidden_size=64, moe_intermediate_size=24, n_routed_experts=12, n_shared_experts=2,
-                          num_experts_per_tok=4, topk_method="greedy", routed_scaling_factor=1.0)
+    mc = DeepseekV2Config(
+        hidden_size=64,
+        moe_intermediate_size=24,
+        n_routed_experts=12,
+        n_shared_experts=2,
+        num_experts_per_tok=4,
+        topk_method="greedy",
+        routed_scaling_factor=1.0,
+    )
     for layer in ref.model.layers[1:]:
         layer.mlp = DeepseekV2Moe(mc)
     with torch.no_grad():
@@ -80,9 +102,20 @@ def _hybrid(tmp_path, per_expert: bool):
                 sd[m + f"{j}.gate_proj.weight"], sd[m + f"{j}.up_proj.weight"] = gu[j].chunk(2)
                 sd[m + f"{j}.down_proj.weight"] = dn[j]
             sd = {k: v.contiguous() for k, v in sd.items()}
-    cfg = {**lc.to_dict(), "model_type": "deepseek", "architectures": ["DeepseekForCausalLM"], "moe_intermediate_size": 24,
-           "n_routed_experts": 12, "n_shared_experts": 2, "num_experts_per_tok": 4, "first_k_dense_replace": 1,
-           "moe_layer_freq": 1, "norm_topk_prob": False, "scoring_func": "softmax", "aux_loss_alpha": 0.001}
+    cfg = {
+        **lc.to_dict(),
+        "model_type": "deepseek",
+        "architectures": ["DeepseekForCausalLM"],
+        "moe_intermediate_size": 24,
+        "n_routed_experts": 12,
+        "n_shared_experts": 2,
+        "num_experts_per_tok": 4,
+        "first_k_dense_replace": 1,
+        "moe_layer_freq": 1,
+        "norm_topk_prob": False,
+        "scoring_func": "softmax",
+        "aux_loss_alpha": 0.001,
+    }
     d = tmp_path / ("per_expert" if per_expert else "fused")
     d.mkdir()
     save_file(sd, str(d / "model.safetensors"))
@@ -105,7 +138,7 @@ def test_lm_loads_deepseek_checkpoint_and_matches_transformers_logits(tmp_path, 
     with torch.no_grad():
         ours(ids[:, :15], cache, logits="none")
         for t in range(15, 19):
-            last = ours(ids[:, t:t + 1], cache).logits
+            last = ours(ids[:, t : t + 1], cache).logits
     assert torch.allclose(last, want[:, -1], atol=1e-4, rtol=0)
     # save -> load round trip in the hub (per-expert) layout is exact
     again = load_moe(save_moe(ours, None, tmp_path / "round"))

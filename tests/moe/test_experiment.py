@@ -15,8 +15,19 @@ from lmlab.core.report import ReproduceContext
 from lmlab.moe import experiment, reproduce
 from lmlab.moe.data import load_documents, stdlib_documents
 
-TINY = experiment.Setup(vocab=300, hidden=32, layers=1, heads=2, width=32, seq_len=16, batch=4, steps=3, warmup=1,
-                        eval_windows=4, seeds=[0, 1])
+TINY = experiment.Setup(
+    vocab=300,
+    hidden=32,
+    layers=1,
+    heads=2,
+    width=32,
+    seq_len=16,
+    batch=4,
+    steps=3,
+    warmup=1,
+    eval_windows=4,
+    seeds=[0, 1],
+)
 
 
 @pytest.fixture
@@ -63,7 +74,11 @@ def test_bad_data_is_a_one_line_error(tmp_path):
     bad.write_text('{"text": "ok"}\n{"txt": 1}\n')
     with pytest.raises(LmlabError, match="bad.jsonl:2"):
         load_documents(str(bad))
-    proc = subprocess.run([sys.executable, "-m", "lmlab.cli", "moe", "reproduce", "--quick", "--data", str(tmp_path / "nope.txt")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmlab.cli", "moe", "reproduce", "--quick", "--data", str(tmp_path / "nope.txt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "nope.txt" in proc.stderr

@@ -70,7 +70,7 @@ def test_balance_losses_follow_the_paper_equations():
     assert math.isclose(float(exp_bal), sum(fi * pi for fi, pi in zip(f, p)), rel_tol=1e-5)
     # Eq. 16-17: devices of n/d consecutive experts; f'_d = mean f, P'_d = sum P
     g = n // d
-    want = sum(sum(f[j * g:(j + 1) * g]) / g * sum(p[j * g:(j + 1) * g]) for j in range(d))
+    want = sum(sum(f[j * g : (j + 1) * g]) / g * sum(p[j * g : (j + 1) * g]) for j in range(d))
     assert math.isclose(float(dev_bal), want, rel_tol=1e-5)
     # perfectly uniform routing gives exactly 1 for both
     u, c = torch.full((8, 4), 0.25), torch.full((4,), 4)
@@ -133,11 +133,20 @@ def test_masking_top_experts_and_disabling_shared():
     scores, idx, _ = moe.router(x)
     _, idx2, _ = moe.router(x, mask_top=2)
     assert not (set(idx2.flatten().tolist()) & set()) and all(
-        not set(a) & set(b) for a, b in zip(idx.tolist(), idx2.tolist()))
+        not set(a) & set(b) for a, b in zip(idx.tolist(), idx2.tolist())
+    )
     assert moe.router(x, extra_k=1)[1].shape == (7, 3)
 
 
-@pytest.mark.parametrize("bad", [dict(n_routed=4, top_k=5), dict(n_routed=6, top_k=2, n_devices=4), dict(), dict(n_routed=4, top_k=1, scoring="relu")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(n_routed=4, top_k=5),
+        dict(n_routed=6, top_k=2, n_devices=4),
+        dict(),
+        dict(n_routed=4, top_k=1, scoring="relu"),
+    ],
+)
 def test_bad_configs_are_one_line_errors(bad):
     with pytest.raises(LmlabError):
         MoEConfig(16, 8, **bad)

@@ -16,7 +16,11 @@ def test_native_and_transformers_agree_with_unpadded_reference(smollm):
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(str(smollm.path), dtype=torch.float32).eval()
-    probs = [D.Problem(0, 2, 87, 57, "test"), D.Problem(1, 6, 123456, 654321, "test"), D.Problem(2, 3, 100, 999, "test")]
+    probs = [
+        D.Problem(0, 2, 87, 57, "test"),
+        D.Problem(1, 6, 123456, 654321, "test"),
+        D.Problem(2, 3, 100, 999, "test"),
+    ]
     ids, pos = D.encode(smollm.tokenizer, probs)
     layers = [0, 7, 15, 29, 30]
     native = capture_batch(native_hidden_fn(smollm.model), ids, pos, layers)

@@ -26,29 +26,74 @@ def tiny_ckpt(tmp_path, monkeypatch, make_config):
 
 
 def test_numbers_json_schema_and_figures(tiny_ckpt, tmp_path):
-    r = CliRunner().invoke(app, ["probe", "make-data", str(tmp_path / "d.jsonl"), "--digits", "2,4", "--per-digit", "30"])
+    r = CliRunner().invoke(
+        app, ["probe", "make-data", str(tmp_path / "d.jsonl"), "--digits", "2,4", "--per-digit", "30"]
+    )
     assert r.exit_code == 0, r.output
-    args = ["probe", "numbers", "--model", str(tiny_ckpt), "--data", str(tmp_path / "d.jsonl"), "--json", str(tmp_path / "o.json"),
-            "--mlp-layers", "3", "--addition-per-digit", "2", "--steer-prompts", "3", "--steer-window", "2", "--figures", str(tmp_path / "f")]
+    args = [
+        "probe",
+        "numbers",
+        "--model",
+        str(tiny_ckpt),
+        "--data",
+        str(tmp_path / "d.jsonl"),
+        "--json",
+        str(tmp_path / "o.json"),
+        "--mlp-layers",
+        "3",
+        "--addition-per-digit",
+        "2",
+        "--steer-prompts",
+        "3",
+        "--steer-window",
+        "2",
+        "--figures",
+        str(tmp_path / "f"),
+    ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     out = json.loads((tmp_path / "o.json").read_text())
     assert out["model"] == str(tiny_ckpt) and set(out["addition_accuracy"]) == {"2", "4"}
     rows = out["layers"]
     assert {(x["layer"], x["position"], x["target"]) for x in rows if x["probe"] == "ridge"} == {
-        (l, p, t) for l in range(4) for p in ("a", "b", "last") for t in ("a", "b", "sum")}
+        (l, p, t) for l in range(4) for p in ("a", "b", "last") for t in ("a", "b", "sum")
+    }
     assert {x["layer"] for x in rows if x["probe"] == "mlp"} == {3}
     for x in rows:
         assert set(x) >= {"layer", "position", "target", "probe", "pearson", "r2", "acc_1pct", "mse"}
     assert len(out["random_init"]) == 4 * 9 and [s["layers"] for s in out["steering"]] == [[1, 2]]
-    assert {p.name for p in (tmp_path / "f").iterdir()} == {"probes_heatmap_r2.png", "probes_heatmap_acc_1pct.png", "probes_r2_by_digits.png", "probes_steering.png"}
+    assert {p.name for p in (tmp_path / "f").iterdir()} == {
+        "probes_heatmap_r2.png",
+        "probes_heatmap_acc_1pct.png",
+        "probes_r2_by_digits.png",
+        "probes_steering.png",
+    }
 
 
 def test_capture_command_text_rows_both_backends_agree(tiny_ckpt, tmp_path):
-    (tmp_path / "t.jsonl").write_text('{"text": "hello there"}\n{"text": "a longer line of text here"}\n{"text": "x"}\n')
+    (tmp_path / "t.jsonl").write_text(
+        '{"text": "hello there"}\n{"text": "a longer line of text here"}\n{"text": "x"}\n'
+    )
     for backend in ("native", "transformers"):
-        r = CliRunner().invoke(app, ["probe", "capture", "--model", str(tiny_ckpt), "--data", str(tmp_path / "t.jsonl"), "--out",
-                                     str(tmp_path / backend), "--backend", backend, "--layers", "1,3", "--shard-rows", "2"])
+        r = CliRunner().invoke(
+            app,
+            [
+                "probe",
+                "capture",
+                "--model",
+                str(tiny_ckpt),
+                "--data",
+                str(tmp_path / "t.jsonl"),
+                "--out",
+                str(tmp_path / backend),
+                "--backend",
+                backend,
+                "--layers",
+                "1,3",
+                "--shard-rows",
+                "2",
+            ],
+        )
         assert r.exit_code == 0, r.output
     nat, hf = ActivationStore.open(tmp_path / "native"), ActivationStore.open(tmp_path / "transformers")
     assert nat.num_shards == 2 and nat.position_names == ["last"]
@@ -58,7 +103,21 @@ def test_capture_command_text_rows_both_backends_agree(tiny_ckpt, tmp_path):
 def test_bad_input_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"a": 1, "b": 2, "split": "train"}\n{"a": "x", "b": 2}\n')
-    p = subprocess.run([sys.executable, "-c", "from lmlab.cli import main; main()", "probe", "numbers", "--data", str(bad), "--json", str(tmp_path / "o.json")],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from lmlab.cli import main; main()",
+            "probe",
+            "numbers",
+            "--data",
+            str(bad),
+            "--json",
+            str(tmp_path / "o.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "bad.jsonl:2: field 'a' must be a positive integer" in p.stderr

@@ -30,17 +30,24 @@ def test_generator_round_trip(tmp_path):
     probs = D.generate_problems(digits=[3, 7], per_digit=20, seed=3)
     assert all(len(str(p.a)) == p.digits and len(str(p.b)) == p.digits for p in probs)
     assert [p.split for p in probs[:20]].count("train") == 16
-    assert probs == D.generate_problems(digits=[3, 7], per_digit=20, seed=3) != D.generate_problems(digits=[3, 7], per_digit=20, seed=4)
+    assert (
+        probs
+        == D.generate_problems(digits=[3, 7], per_digit=20, seed=3)
+        != D.generate_problems(digits=[3, 7], per_digit=20, seed=4)
+    )
     D.write_problems(probs, tmp_path / "x.jsonl")
     assert D.load_problems(tmp_path / "x.jsonl") == probs
 
 
-@pytest.mark.parametrize("line, what", [
-    ("{not json", "invalid JSON"),
-    ('{"a": -3, "b": 4}', "'a' must be a positive integer"),
-    ('{"a": 3, "b": 4, "split": "dev"}', "'split' is 'dev'"),
-    ('{"a": 3, "b": 4, "golden": 8}', "golden 8 != a + b = 7"),
-])
+@pytest.mark.parametrize(
+    "line, what",
+    [
+        ("{not json", "invalid JSON"),
+        ('{"a": -3, "b": 4}', "'a' must be a positive integer"),
+        ('{"a": 3, "b": 4, "split": "dev"}', "'split' is 'dev'"),
+        ('{"a": 3, "b": 4, "golden": 8}', "golden 8 != a + b = 7"),
+    ],
+)
 def test_bad_rows_name_file_and_line(tmp_path, line, what):
     f = tmp_path / "bad.jsonl"
     f.write_text('{"a": 1, "b": 2}\n' + line + "\n")

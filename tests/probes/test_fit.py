@@ -15,13 +15,15 @@ def _planted(tiny, n: int = 600):
     """Random token rows; block 0's output gets log2(value) * u added at every position (u fixed, unit)."""
     g = np.random.default_rng(0)
     values = g.integers(10, 10**6, size=n)
-    u = torch.nn.functional.normalize(torch.randn(tiny.cfg.hidden_size, generator=torch.Generator().manual_seed(1)), dim=0)
+    u = torch.nn.functional.normalize(
+        torch.randn(tiny.cfg.hidden_size, generator=torch.Generator().manual_seed(1)), dim=0
+    )
     ids = [g.integers(3, 64, size=8).tolist() for _ in range(n)]
     acts = {1: [], 0: []}
     for s in range(0, n, 100):
-        y = torch.tensor(np.log2(values[s:s + 100]), dtype=torch.float32)
+        y = torch.tensor(np.log2(values[s : s + 100]), dtype=torch.float32)
         plant = {0: lambda x, y=y: x + 10.0 * y[:, None, None] * u}
-        out = capture_batch(native_hidden_fn(tiny, hooks=plant), ids[s:s + 100], [[7]] * len(y), [0, 1])
+        out = capture_batch(native_hidden_fn(tiny, hooks=plant), ids[s : s + 100], [[7]] * len(y), [0, 1])
         for l in acts:
             acts[l].append(out[l][:, 0])
     return {l: torch.cat(v).numpy() for l, v in acts.items()}, np.log2(values)[:, None], u.numpy()

@@ -16,7 +16,9 @@ def test_hook_adds_alpha_v_at_last_real_token_only(tiny):
     u[3] = 1.0
     hooks = _bind(add_direction({1: u}, 2.5, torch.float32, torch.device("cpu")), [5, 3])
     with torch.inference_mode():
-        clean = tiny(ids, tiny.new_cache(2, 8), num_tokens=[5, 3], output_hidden_states=True, logits="none").hidden_states
+        clean = tiny(
+            ids, tiny.new_cache(2, 8), num_tokens=[5, 3], output_hidden_states=True, logits="none"
+        ).hidden_states
         cache = tiny.new_cache(2, 8)
         steer = tiny(ids, cache, num_tokens=[5, 3], output_hidden_states=True, logits="none", hooks=hooks).hidden_states
         diff = steer[1] - clean[1]  # hidden state 1 = block 0's output, where the hook for layer 1 acts
@@ -24,7 +26,9 @@ def test_hook_adds_alpha_v_at_last_real_token_only(tiny):
         expect[0, 4, 3] = expect[1, 2, 3] = 2.5
         torch.testing.assert_close(diff, expect)
         assert torch.equal(steer[2][0, :4], clean[2][0, :4])  # earlier positions untouched downstream too
-        step = tiny(torch.tensor([[3], [4]]), cache, logits="none", output_hidden_states=True, hooks=hooks).hidden_states
+        step = tiny(
+            torch.tensor([[3], [4]]), cache, logits="none", output_hidden_states=True, hooks=hooks
+        ).hidden_states
         ref_cache = tiny.new_cache(2, 8)
         tiny(ids, ref_cache, num_tokens=[5, 3], logits="none", hooks=hooks)
         ref = tiny(torch.tensor([[3], [4]]), ref_cache, logits="none", output_hidden_states=True).hidden_states

@@ -18,12 +18,24 @@ def tiny_ckpt(tmp_path_factory):
     from lmlab.shepherd.world import make_problems
 
     probs = make_problems(300, seed=1)
-    tok = train_bpe_tokenizer((prompt_text(p.question) + "\n".join(solution_steps(p)) + "\n" for p in probs), 400,
-                              ["<|endoftext|>", "<|pad|>", STEP_TAG])
+    tok = train_bpe_tokenizer(
+        (prompt_text(p.question) + "\n".join(solution_steps(p)) + "\n" for p in probs),
+        400,
+        ["<|endoftext|>", "<|pad|>", STEP_TAG],
+    )
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
-                      head_dim=16, max_position_embeddings=256, eos_token_id=tok.eos_token_id,
-                      tie_word_embeddings=False)
+    cfg = ModelConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+        max_position_embeddings=256,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
     model = Transformer(cfg)
     from lmlab.core.train import TrainConfig, lm_loss, train
     from lmlab.shepherd.policy import lm_batches

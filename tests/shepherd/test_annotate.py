@@ -28,7 +28,12 @@ def test_annotate_outputs(tiny, tmp_path):
     assert stats["problems"] == 3 and stats["completions"] > 6
     sols = read_solutions(tmp_path / "solutions.jsonl")
     ms, trl = read_math_shepherd(tmp_path / "math_shepherd.jsonl"), read_trl(tmp_path / "trl.jsonl")
-    assert len(sols) == len(ms) == len(trl) == sum(len(json.loads(l)["solutions"]) for l in (tmp_path / "annotations.jsonl").read_text().splitlines())
+    assert (
+        len(sols)
+        == len(ms)
+        == len(trl)
+        == sum(len(json.loads(l)["solutions"]) for l in (tmp_path / "annotations.jsonl").read_text().splitlines())
+    )
     for s, m, t in zip(sols, ms, trl):
         assert all(x * 3 == int(x * 3) and 0 <= x <= 1 for x in s.labels)  # fractions of n = 3
         hard = [float(x > 0) for x in s.labels]
@@ -46,8 +51,25 @@ def test_torn_line_is_dropped(tmp_path):
 
 
 def _cmd(ckpt, out):
-    return [sys.executable, "-m", "lmlab.cli", "shepherd", "annotate", "--model", str(ckpt), "--out", str(out),
-            "--problems", "30", "-n", "3", "--samples", "2", "--max-new-tokens", "24"]
+    return [
+        sys.executable,
+        "-m",
+        "lmlab.cli",
+        "shepherd",
+        "annotate",
+        "--model",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--problems",
+        "30",
+        "-n",
+        "3",
+        "--samples",
+        "2",
+        "--max-new-tokens",
+        "24",
+    ]
 
 
 @pytest.mark.slow
@@ -74,7 +96,21 @@ def test_killed_run_resumes_without_redoing(tiny, tiny_ckpt, tmp_path):
 
 
 def test_cli_bad_input_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "lmlab.cli", "shepherd", "annotate", "--out", str(tmp_path), "--source", str(tmp_path / "none.jsonl")],
-                       capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmlab.cli",
+            "shepherd",
+            "annotate",
+            "--out",
+            str(tmp_path),
+            "--source",
+            str(tmp_path / "none.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "no such file" in r.stderr

@@ -41,7 +41,13 @@ def test_first_token_distribution(tiny):
 
     def probs(prefix):
         with torch.inference_mode():
-            return model(torch.tensor([prefix]), model.new_cache(1, len(prefix))).logits[0].softmax(-1).numpy().astype(np.float64)
+            return (
+                model(torch.tensor([prefix]), model.new_cache(1, len(prefix)))
+                .logits[0]
+                .softmax(-1)
+                .numpy()
+                .astype(np.float64)
+            )
 
     counts = np.bincount(first, minlength=model.cfg.vocab_size).astype(np.float64)
 
@@ -52,7 +58,7 @@ def test_first_token_distribution(tiny):
         return chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
 
     assert pvalue(probs(seq[:cut])) > 1e-3
-    assert pvalue(probs(seq[:cut - 1])) < 1e-6  # control: the neighbouring prefix's distribution is rejected
+    assert pvalue(probs(seq[: cut - 1])) < 1e-6  # control: the neighbouring prefix's distribution is rejected
 
 
 def test_seeded_and_bad_cut(tiny):

@@ -15,9 +15,9 @@ from lmlab.shepherd.world import Difficulty, make_problems
 # A row in the released Math-Shepherd format (abridged from the GSM8K part of the data set).
 RELEASED = {
     "input": "Janet\u2019s ducks lay 16 eggs per day. How much does she make? Step 1: Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day. \u043a\u0438\n"
-             "Step 2: She makes 9 * 2 = $<<9*2=18>>18 every day at the farmer\u2019s market. \u043a\u0438\nStep 3: The answer is: 18 \u043a\u0438",
+    "Step 2: She makes 9 * 2 = $<<9*2=18>>18 every day at the farmer\u2019s market. \u043a\u0438\nStep 3: The answer is: 18 \u043a\u0438",
     "label": "Janet\u2019s ducks lay 16 eggs per day. How much does she make? Step 1: Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day. +\n"
-             "Step 2: She makes 9 * 2 = $<<9*2=18>>18 every day at the farmer\u2019s market. -\nStep 3: The answer is: 18 -",
+    "Step 2: She makes 9 * 2 = $<<9*2=18>>18 every day at the farmer\u2019s market. -\nStep 3: The answer is: 18 -",
     "task": "GSM8K",
 }
 
@@ -32,8 +32,12 @@ def test_released_row_parses():
 
 
 def test_formats_round_trip(tmp_path):
-    sols = [D.StepSolution(p.question, p.steps + [f"#### {p.answer}"], [1.0] * len(p.steps) + [0.0], p.answer, p.answer, p.id)
-            for p in make_problems(20, seed=3)]
+    sols = [
+        D.StepSolution(
+            p.question, p.steps + [f"#### {p.answer}"], [1.0] * len(p.steps) + [0.0], p.answer, p.answer, p.id
+        )
+        for p in make_problems(20, seed=3)
+    ]
     write_jsonl(tmp_path / "ms.jsonl", (D.to_math_shepherd(s) for s in sols))
     write_jsonl(tmp_path / "trl.jsonl", (D.to_trl(s) for s in sols))
     write_jsonl(tmp_path / "own.jsonl", (D.to_row(s) for s in sols))
@@ -53,11 +57,14 @@ def test_gsm8k_reader():
     assert all("<<" not in s for p in probs for s in p.steps)
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "invalid JSON"),
-    ('{"question": "q"}', "missing field 'answer'"),
-    ('{"question": "q", "answer": "no final line"}', "#### <number>"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "invalid JSON"),
+        ('{"question": "q"}', "missing field 'answer'"),
+        ('{"question": "q", "answer": "no final line"}', "#### <number>"),
+    ],
+)
 def test_malformed_gsm8k_names_the_line(tmp_path, line, message):
     f = tmp_path / "g.jsonl"
     f.write_text('{"question": "q", "answer": "1+1=2\\n#### 2"}\n' + line + "\n")

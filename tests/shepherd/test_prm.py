@@ -9,7 +9,15 @@ import torch
 
 from lmlab.core.errors import LmlabError
 from lmlab.shepherd.data import StepSolution
-from lmlab.shepherd.prm import MATH_SHEPHERD_FORMAT, PRM, PRMFormat, PRMTrainConfig, step_targets, tag_loss, train_reward_model
+from lmlab.shepherd.prm import (
+    MATH_SHEPHERD_FORMAT,
+    PRM,
+    PRMFormat,
+    PRMTrainConfig,
+    step_targets,
+    tag_loss,
+    train_reward_model,
+)
 
 Q = "Ana has 4 pens. Ana buys 3 more. How many pens does Ana have now?"
 STEPS = ["4 + 3 = 7", "#### 7"]
@@ -77,14 +85,27 @@ def test_soft_targets_calibrate_hard_targets_saturate(tiny_ckpt, tmp_path, targe
 
 def test_learns_step_labels_orm_only_last(tiny_ckpt, tmp_path):
     """PRM: label = this step says 'good'. ORM on the same data: only the last tag is trained."""
+
     def sol(i: int) -> StepSolution:
         words = ["good" if (i >> k) & 1 else "bad" for k in range(3)]
         ok = words[-1] == "good"
         return StepSolution(Q, words, [float(w == "good") for w in words], answer="7" if ok else "8", gold="7")
 
     train = [sol(i) for i in range(8)] * 4
-    prm = PRM.load(str(train_reward_model(str(tiny_ckpt), train, PRMTrainConfig(steps=60, batch_size=8, lr=3e-3), out=tmp_path / "p")))
+    prm = PRM.load(
+        str(
+            train_reward_model(
+                str(tiny_ckpt), train, PRMTrainConfig(steps=60, batch_size=8, lr=3e-3), out=tmp_path / "p"
+            )
+        )
+    )
     s = prm.score_steps(Q, ["bad", "good", "bad"])
     assert s[1] > 0.8 and s[0] < 0.2 and s[2] < 0.2
-    orm = PRM.load(str(train_reward_model(str(tiny_ckpt), train, PRMTrainConfig(mode="orm", steps=60, batch_size=8, lr=3e-3), out=tmp_path / "o")))
+    orm = PRM.load(
+        str(
+            train_reward_model(
+                str(tiny_ckpt), train, PRMTrainConfig(mode="orm", steps=60, batch_size=8, lr=3e-3), out=tmp_path / "o"
+            )
+        )
+    )
     assert orm.score_steps(Q, ["bad", "good"])[-1] > 0.8 and orm.score_steps(Q, ["good", "bad"])[-1] < 0.2

@@ -11,9 +11,25 @@ from lmlab.core.model import Transformer
 
 def tiny(seed: int, vocab: int = 8, layers: int = 2, hidden: int = 32) -> Transformer:
     torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=64, num_layers=layers, num_heads=4, num_kv_heads=2,
-                      head_dim=8, rms_norm_eps=1e-5, rope_theta=10000.0, rope_scaling=None, max_position_embeddings=256,
-                      tie_word_embeddings=False, attention_bias=False, mlp_bias=False, model_type="llama", bos_token_id=0, eos_token_id=None)
+    cfg = ModelConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=64,
+        num_layers=layers,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        rope_scaling=None,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        model_type="llama",
+        bos_token_id=0,
+        eos_token_id=None,
+    )
     m = Transformer(cfg)
     with torch.no_grad():
         for p in m.parameters():

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lmlab.core.errors import LmlabError
-from lmlab.core.train import train_bpe_tokenizer
 from lmlab.core.loader import save_checkpoint
+from lmlab.core.train import train_bpe_tokenizer
 from lmlab.specdec.bench import load_questions
 from lmlab.specdec.drafters import AdaptiveLength, PromptLookup
 from lmlab.specdec.eagle import load_head
@@ -60,7 +60,9 @@ def test_trained_drafts_round_trip(smollm, tmp_path):
     # EAGLE-3 variant: fused low/mid/final hidden states, two decoder layers; reloads with both
     h3 = train_eagle_head(smollm, replace(cfg, feature_layers=(2, 15, 30), head_layers=2), tmp_path / "head3")
     c = load_head(h3, smollm.model)
-    assert c.feature_layers.tolist() == [2, 15, 30] and len(c.body.layers) == 2 and c.fuse.weight.shape == (576, 3 * 576)
+    assert (
+        c.feature_layers.tolist() == [2, 15, 30] and len(c.body.layers) == 2 and c.fuse.weight.shape == (576, 3 * 576)
+    )
     assert make_drafter(smollm, "eagle", head=str(h3)).feature_layers == (2, 15, 30)
 
 
@@ -86,7 +88,9 @@ def test_bad_inputs(smollm, tmp_path):
 
 def _ok(tmp_path):
     p = tmp_path / "ok.jsonl"
-    rows = [{"question_id": i, "category": c, "turns": [t]} for i, (c, t) in enumerate([("w", "a"), ("w", "b"), ("m", "c")])]
+    rows = [
+        {"question_id": i, "category": c, "turns": [t]} for i, (c, t) in enumerate([("w", "a"), ("w", "b"), ("m", "c")])
+    ]
     p.write_text("\n".join(json.dumps(r) for r in rows))
     return p
 
@@ -111,10 +115,26 @@ def test_bench_json_shape(smollm, tmp_path):
     res = run_bench("smollm2-135m-instruct", _ok(tmp_path), 1, 12, ("ar", "pld"), out, log=lambda s: None)
     saved = json.loads(out.read_text())
     assert set(saved["per_category"]) == {"w", "m"} and saved["n_prompts"] == 2
-    for key in ("speedup", "mean_accepted_tokens", "acceptance_rate", "lossless", "c", "predicted_speedup", "achieved_fraction"):
+    for key in (
+        "speedup",
+        "mean_accepted_tokens",
+        "acceptance_rate",
+        "lossless",
+        "c",
+        "predicted_speedup",
+        "achieved_fraction",
+    ):
         assert key in saved["overall"]["pld"]
     assert saved["overall"]["pld"]["lossless"] is True and res["overall"]["ar"]["speedup"] == 1.0
-    again = run_bench("smollm2-135m-instruct", _ok(tmp_path), 1, 12, ("ar", "pld"), out, log=lambda s: (_ for _ in ()).throw(AssertionError("recomputed")))
+    again = run_bench(
+        "smollm2-135m-instruct",
+        _ok(tmp_path),
+        1,
+        12,
+        ("ar", "pld"),
+        out,
+        log=lambda s: (_ for _ in ()).throw(AssertionError("recomputed")),
+    )
     assert again["overall"]["pld"]["tokens"] == res["overall"]["pld"]["tokens"]
 
 
@@ -132,14 +152,15 @@ def test_trained_drafts_are_found_by_dtype_then_size(tmp_path, monkeypatch):
     quick_bf16 = trained_path(fp32, "eagle", DraftTrainConfig.quick(), "bfloat16")
     quick_bf16.mkdir(parents=True)
     assert find_trained(fp32, "eagle") == quick_bf16
-    older = trained_path(fp32, "eagle", replace(DraftTrainConfig(), self_prompts=256))  # trained before a default changed
+    older = trained_path(
+        fp32, "eagle", replace(DraftTrainConfig(), self_prompts=256)
+    )  # trained before a default changed
     older.mkdir(parents=True)
     assert find_trained(fp32, "eagle") == older
     full_fp32 = trained_path(fp32, "eagle", DraftTrainConfig())
     full_fp32.mkdir(parents=True)
     assert find_trained(fp32, "eagle") == full_fp32 and "float32" in full_fp32.name
     assert find_trained(fp32, "draft") is None
-
 
 
 def test_selfq4_reads_the_target_cache_and_accepts_long_drafts(smollm, monkeypatch):
@@ -151,7 +172,11 @@ def test_selfq4_reads_the_target_cache_and_accepts_long_drafts(smollm, monkeypat
     from lmlab.specdec import SpecStats, spec_generate
 
     d = make_drafter(smollm, "selfq4")
-    assert d.uses_target_cache and d.model.draft_packs and d.model.embed.weight.data_ptr() == smollm.model.embed.weight.data_ptr()  # shared
+    assert (
+        d.uses_target_cache
+        and d.model.draft_packs
+        and d.model.embed.weight.data_ptr() == smollm.model.embed.weight.data_ptr()
+    )  # shared
     ids = encode_chat(smollm.tokenizer, [{"role": "user", "content": "Write two sentences about the sea."}])
     st = SpecStats()
     spec_generate(smollm.model, smollm.tokenizer, d, [ids], SamplingParams(max_new_tokens=48), stats=st)

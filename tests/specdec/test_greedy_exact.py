@@ -44,10 +44,14 @@ def make(kind, lm):
     return EagleDrafter(head, lm.model, topk=3, depth=3, total=6, lookup=kind == "eagle_pld")
 
 
-@pytest.mark.parametrize("kind", ["pld", "sps", "eagle", "eagle_pld", "eagle3", "eagle_auto", "eagle_pld_auto", "selfq4"])
+@pytest.mark.parametrize(
+    "kind", ["pld", "sps", "eagle", "eagle_pld", "eagle3", "eagle_auto", "eagle_pld_auto", "selfq4"]
+)
 def test_batched_greedy_identical(smollm, prompts, reference, kind):
     st = SpecStats()
-    out = spec_generate(smollm.model, smollm.tokenizer, make(kind, smollm), prompts, SamplingParams(max_new_tokens=40), stats=st)
+    out = spec_generate(
+        smollm.model, smollm.tokenizer, make(kind, smollm), prompts, SamplingParams(max_new_tokens=40), stats=st
+    )
     for o, r in zip(out, reference):
         assert o.token_ids == r.token_ids and o.text == r.text and o.finish_reason == r.finish_reason
     assert st.passes > 0 and st.proposed > 0
@@ -69,7 +73,7 @@ class OracleTree:
         out = []
         for r, c in zip(self.rows, ctx):
             done = len(c) - self.lens[r]
-            truth = self.refs[r][done:done + 3]
+            truth = self.refs[r][done : done + 3]
             decoy = [(t + 7) % 1000 + 5 for t in truth]
             # root -> decoy chain (nodes 1..3), root -> truth chain (4..), each truth node also gets a decoy child
             toks, parents = list(decoy), list(range(len(decoy)))
@@ -91,7 +95,14 @@ class OracleTree:
 def test_tree_branch_compaction(smollm, prompts, reference):
     refs = [r.token_ids for r in reference]
     st = SpecStats()
-    out = spec_generate(smollm.model, smollm.tokenizer, OracleTree(refs, [len(p) for p in prompts]), prompts, SamplingParams(max_new_tokens=40), stats=st)
+    out = spec_generate(
+        smollm.model,
+        smollm.tokenizer,
+        OracleTree(refs, [len(p) for p in prompts]),
+        prompts,
+        SamplingParams(max_new_tokens=40),
+        stats=st,
+    )
     assert [o.token_ids for o in out] == refs
     assert st.mean_accepted_tokens > 3.5  # 3 accepted from the last branch + the bonus token, nearly every pass
 
@@ -102,5 +113,7 @@ def test_stream_events_identical(smollm, prompts):
     ref = list(stream_generate(smollm.model, smollm.tokenizer, prompts, p))
     got = list(spec_stream(smollm.model, smollm.tokenizer, PromptLookup(), prompts, p))
     for r in range(len(prompts)):
-        assert [(e.token_id, e.text, e.finish_reason) for e in ref if e.row == r] == [(e.token_id, e.text, e.finish_reason) for e in got if e.row == r]
+        assert [(e.token_id, e.text, e.finish_reason) for e in ref if e.row == r] == [
+            (e.token_id, e.text, e.finish_reason) for e in got if e.row == r
+        ]
     assert any(e.finish_reason == "stop" for e in got)

@@ -29,9 +29,11 @@ V = 8
 def exact(target, prompt, params):
     """Exact P(t1, t2) [V, V] and P(t3) [V] under the target."""
     with torch.inference_mode():
+
         def dist(seqs):
             c = target.new_cache(len(seqs), 16)
             return probs_from_logits(target(torch.tensor(seqs), c).logits, params).double()
+
         p1 = dist([prompt])[0]
         p2 = dist([prompt + [a] for a in range(V)])  # [V, V]
         joint = p1[:, None] * p2
@@ -57,7 +59,9 @@ def drafter(kind, target, draft):
     if kind == "sps":
         return DraftModel(draft, adaptive=False, gamma=3)
     if kind == "selfq4":  # the target's own quantized weights, reading the target's KV cache
-        return DraftModel(quantized_self_draft(target), adaptive=False, gamma=3, vocab=None, stream_bf16=False, shared_cache=True)
+        return DraftModel(
+            quantized_self_draft(target), adaptive=False, gamma=3, vocab=None, stream_bf16=False, shared_cache=True
+        )
     if kind == "pld":
         return PromptLookup(max_ngram=2, gamma_max=3)
     torch.manual_seed(3)
@@ -92,7 +96,12 @@ def test_emitted_distribution_equals_target(tiny_pair, kind):
     target, draft = tiny_pair
     params = SamplingParams(max_new_tokens=3, temperature=1.0, seed=0, ignore_eos=True)
     samples = run(target, drafter(kind, target, draft), 3000, params)
-    small = run(target, drafter(kind, target, draft), 300, SamplingParams(max_new_tokens=3, temperature=1.0, seed=1, ignore_eos=True))
+    small = run(
+        target,
+        drafter(kind, target, draft),
+        300,
+        SamplingParams(max_new_tokens=3, temperature=1.0, seed=1, ignore_eos=True),
+    )
     for pi, prompt in enumerate(PROMPTS):
         joint, marg3 = exact(target, prompt, params)
         p12, p3, tv = stats(samples, pi, joint, marg3)
