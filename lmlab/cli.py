@@ -53,8 +53,15 @@ def generate(
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16"),
     speculative: Optional[str] = typer.Option(
-        None, "--speculative", help="sps | pld | eagle | eagle_pld | selfq4 (lossless speculative decoding)."
+        None,
+        "--speculative",
+        help="sps | pld | eagle | eagle_pld | selfq4: speculative decoding. Sampling keeps the model's distribution on "
+        "every path; greedy output is identical to plain decoding where the verification pass is batch-invariant "
+        "(fp32 through lmlab's CPU kernels). Elsewhere (bf16, CUDA, LMLAB_KERNELS=0) a k-token pass sums in another "
+        "order than a 1-token step, so a near-tied greedy choice can differ. A method this machine cannot run is "
+        "skipped with a warning (plain decoding).",
     ),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
     quant: Optional[str] = typer.Option(
         None,
         "--quant",
@@ -65,7 +72,7 @@ def generate(
     from .core.backends import LocalBackend
     from .core.engine import SamplingParams
 
-    be = LocalBackend(model, dtype=dtype, speculative=speculative, quant=quant)
+    be = LocalBackend(model, dtype=dtype, device=device, speculative=speculative, quant=quant)
     params = SamplingParams(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=list(stop)
     )
@@ -82,12 +89,13 @@ def chat(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n"),
     temperature: float = typer.Option(0.7, "--temperature", "-t"),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
 ) -> None:
     """Interactive chat on stdin/stdout (empty line or Ctrl-D ends; /reset clears the history)."""
     from .core.backends import LocalBackend
     from .core.engine import SamplingParams
 
-    be = LocalBackend(model)
+    be = LocalBackend(model, device=device)
     base = [{"role": "system", "content": system}] if system else []
     history = list(base)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
@@ -174,7 +182,7 @@ def reproduce(
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         try:
             sec = mod.run(ctx)
-        except (LmlabError, RuntimeError, ValueError, OSError) as e:  # one failing system must not sink the report
+        except Exception as e:  # one failing system, whatever the error, must not sink the others' sections
             logging.getLogger("lmlab").exception("%s failed", system)
             sec = Section(system, system, "", error=f"{type(e).__name__}: {e}")
         sec.seconds = time.time() - t0

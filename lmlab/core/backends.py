@@ -6,6 +6,7 @@ A prompt is either raw text (str) or a chat (list of {"role", "content"} dicts).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,7 @@ from .engine import Generation, SamplingParams, encode_chat, generate, stream_ge
 from .errors import LmlabError
 
 Prompt = Union[str, list[dict[str, str]]]
+log = logging.getLogger("lmlab")
 
 
 @dataclass
@@ -104,11 +106,16 @@ class LocalBackend:
 
     def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[str]:
         ids = self.encode(prompt)
+        events = None
         if self.speculative:
-            from ..specdec import speculative_stream
+            from .plugins import speculative
 
-            events = speculative_stream(self.lm, ids, params, self.speculative)
-        else:
+            method = speculative(self.speculative)
+            try:
+                events = method(self.lm, ids, params)
+            except LmlabError as e:  # a method this machine cannot run: decode plainly (same output), say why
+                log.warning("--speculative %s skipped: %s; decoding without speculation", self.speculative, e)
+        if events is None:
             events = stream_generate(self.lm.model, self.lm.tokenizer, [ids], params)
         for ev in events:
             if ev.text:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import platform
+import queue
 import resource
 import time
 from pathlib import Path
 
 import torch
 
+from .errors import LmlabError
 from .paths import atomic_write_text
 
 PROMPTS = [
@@ -99,13 +101,38 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, repeats: int) -> dict:
+def measure(
+    impl: str, model: str, dtype: str, batch: int, new_tokens: int, repeats: int, timeout: float = 3600.0
+) -> dict:
+    """One measurement in a fresh process. A child that dies (crash, OOM kill) or outlives `timeout` seconds gives
+    a one-line LmlabError instead of a hang."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_measure, args=(impl, model, dtype, batch, new_tokens, repeats, q))
     p.start()
-    out = q.get()
-    p.join()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                out = q.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not p.is_alive() and q.empty():
+                    raise LmlabError(
+                        f"bench {impl} {dtype} batch {batch}: the measuring process died (exit code {p.exitcode})",
+                        hint="run it alone to see its error (out of memory?)",
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise LmlabError(
+                        f"bench {impl} {dtype} batch {batch}: no result after {timeout:.0f} s",
+                        hint="fewer --new-tokens or --repeats",
+                    ) from None
+    finally:
+        if p.is_alive():
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+        p.join()
     return out
 
 

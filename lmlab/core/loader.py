@@ -293,18 +293,10 @@ def resolve(name: str) -> Path:
 
 
 def _import_system_aliases() -> bool:
-    """Systems register aliases for the models they train when their package is imported; import them once."""
-    import importlib
+    """Systems register aliases for the models they train when they are imported (`plugins.load_systems`)."""
+    from .plugins import load_systems
 
-    from .. import SYSTEMS
-
-    before = len(ALIASES)
-    for system in SYSTEMS:
-        try:
-            importlib.import_module(f"lmlab.{system}")
-        except ModuleNotFoundError:
-            continue
-    return len(ALIASES) > before
+    return load_systems()
 
 
 def _from_hub(repo_id: str) -> Path:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 from ..core.engine import SamplingParams, StreamEvent
 from ..core.loader import LoadedModel
+from ..core.plugins import register_speculative
 from .decode import SpecStats, spec_generate, spec_stream
 from .drafters import DraftModel, PromptLookup
 from .registry import make_drafter, register_aliases
@@ -39,3 +40,8 @@ def speculative_stream(
 ) -> Iterator[StreamEvent]:
     """`lmlab generate --speculative METHOD`: the events of `engine.stream_generate`, produced speculatively."""
     return spec_stream(lm.model, lm.tokenizer, make_drafter(lm, method), [prompt_ids], params)
+
+
+METHODS = ("sps", "pld", "eagle", "eagle_pld", "selfq4")
+for _m in METHODS:  # offered to core: LocalBackend(speculative=...), `lmlab generate --speculative`
+    register_speculative(_m, lambda lm, ids, params, _m=_m: speculative_stream(lm, ids, params, _m))

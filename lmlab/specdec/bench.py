@@ -24,7 +24,9 @@ from ..core.paths import atomic_write_text, shared_data
 from .decode import SpecStats, spec_generate
 from .registry import find_trained, make_drafter
 
-METHODS = ("ar", "sps", "pld", "eagle", "eagle_pld", "selfq4", "hf_assisted", "hf_prompt_lookup")
+METHODS = ("ar", "sps", "pld", "eagle", "eagle_pld", "selfq4", "hf_ar", "hf_assisted", "hf_prompt_lookup")
+"""`hf_ar` is transformers' plain greedy `generate`: the baseline that transformers' own speculative methods are
+measured against, so speculation's gain and the engine's gain are reported apart."""
 
 
 def load_questions(
@@ -75,9 +77,11 @@ class _HF:
         self.pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else min(self.stops)
 
     def run(self, ids: list[int], max_new: int, method: str) -> list[int]:
-        kw: dict[str, Any] = (
-            {"assistant_model": self.draft} if method == "hf_assisted" else {"prompt_lookup_num_tokens": 10}
-        )
+        kw: dict[str, Any] = {
+            "hf_ar": {},
+            "hf_assisted": {"assistant_model": self.draft},
+            "hf_prompt_lookup": {"prompt_lookup_num_tokens": 10},
+        }[method]
         with torch.inference_mode():
             out = self.model.generate(
                 torch.tensor([ids]),
@@ -119,12 +123,21 @@ def run_bench(
         raise LmlabError(f"--methods {','.join(methods)}: must include 'ar' and only {', '.join(METHODS)}")
     lm = load_model(target, dtype=dtype)  # every method, transformers' included, runs in this dtype
     qs = load_questions(prompts, limit_per_category, categories)
-    drafters = {m: make_drafter(lm, m) for m in ("sps", "pld", "eagle", "eagle_pld", "selfq4") if m in methods}
-    hf = (
-        _HF(lm, find_trained(lm, "draft") if "hf_assisted" in methods else None)
-        if any(m.startswith("hf_") for m in methods)
-        else None
+    skipped: dict[str, str] = {}  # method -> why it did not run here; the others' results are kept
+    drafters = {}
+    for m in ("sps", "pld", "eagle", "eagle_pld", "selfq4"):
+        if m in methods:
+            drafters[m] = _try(m, skipped, log, lambda m=m: make_drafter(lm, m))
+    hf_methods = [m for m in methods if m.startswith("hf_")]
+    hf = _try(
+        "transformers",
+        skipped,
+        log,
+        lambda: _HF(lm, find_trained(lm, "draft") if "hf_assisted" in methods else None) if hf_methods else None,
     )
+    if hf is None:
+        skipped.update({m: skipped["transformers"] for m in hf_methods if "transformers" in skipped})
+    skipped.pop("transformers", None)
     params = SamplingParams(max_new_tokens=max_new_tokens)
     cfg = {
         "target": str(lm.path),
@@ -151,14 +164,23 @@ def run_bench(
         row: dict[str, Any] = {"key": _config_key(cfg), "id": q["id"], "category": q["category"], "methods": {}}
         ref = None
         for m in methods:
+            if m in skipped:
+                continue
             st = SpecStats()
             t0 = time.perf_counter()
-            if m == "ar":
-                toks = generate(lm.model, lm.tokenizer, [ids], params)[0].token_ids
-            elif m in drafters:
-                toks = spec_generate(lm.model, lm.tokenizer, drafters[m], [ids], params, stats=st)[0].token_ids
-            else:
-                toks = hf.run(ids, max_new_tokens, m)
+            try:
+                if m == "ar":
+                    toks = generate(lm.model, lm.tokenizer, [ids], params)[0].token_ids
+                elif m in drafters:
+                    toks = spec_generate(lm.model, lm.tokenizer, drafters[m], [ids], params, stats=st)[0].token_ids
+                else:
+                    toks = hf.run(ids, max_new_tokens, m)
+            except Exception as e:  # one method's failure must not discard the others' results
+                if m == "ar":
+                    raise
+                skipped[m] = _reason(e)
+                log(f"{m}: skipped ({skipped[m]})")
+                continue
             dt = time.perf_counter() - t0
             ref = toks if m == "ar" else ref
             row["methods"][m] = {
@@ -180,13 +202,34 @@ def run_bench(
                 f.write(json.dumps(row) + "\n")
         log(
             f"[{i + 1}/{len(qs)}] {q['category']:>14s} "
-            + " ".join(f"{m}={row['methods'][m]['tokens'] / row['methods'][m]['seconds']:.1f}tok/s" for m in methods)
+            + " ".join(
+                f"{m}={row['methods'][m]['tokens'] / row['methods'][m]['seconds']:.1f}tok/s" for m in row["methods"]
+            )
         )
-    result = summarise(rows, methods)
+    ran = tuple(m for m in methods if m not in skipped)
+    for r in rows:  # a method that failed part-way is reported as skipped, not from its first prompts alone
+        r["methods"] = {m: v for m, v in r["methods"].items() if m in ran}
+    result = summarise(rows, ran)
     result["config"] = cfg
+    result["skipped"] = skipped
     if json_path:
         atomic_write_text(Path(json_path), json.dumps(result, indent=2))
     return result
+
+
+def _reason(e: BaseException) -> str:
+    msg = str(e).splitlines()[0] if str(e) else ""
+    return msg if isinstance(e, LmlabError) else f"{type(e).__name__}: {msg}"
+
+
+def _try(name: str, skipped: dict[str, str], log: Callable[[str], None], make: Callable[[], Any]) -> Any:
+    """`make()`, or None with `skipped[name]` set to the one-line reason it cannot run here."""
+    try:
+        return make()
+    except Exception as e:  # e.g. a method this CPU cannot run: list it as skipped, run the rest
+        skipped[name] = _reason(e)
+        log(f"{name}: skipped ({skipped[name]})")
+        return None
 
 
 def _resume(path: Path | None, key: str) -> list[dict]:
@@ -276,11 +319,13 @@ def table(result: dict[str, Any]) -> str:
 
     overall = [{"method": m, **v} for m, v in result["overall"].items()]
     per_cat = [{"category": c, **{m: v[m]["speedup"] for m in v}} for c, v in result["per_category"].items()]
+    skipped = "".join(f"- `{m}` skipped: {why}\n" for m, why in result.get("skipped", {}).items())
     return (
         "**Overall**\n\n"
         + markdown_table(overall, COLUMNS, ".2f")
         + "\n**Speedup over plain decoding per category**\n\n"
         + markdown_table(per_cat, ["category", *result["overall"]], ".2f")
+        + (f"\n**Not run on this machine**\n\n{skipped}" if skipped else "")
     )
 
 
