@@ -10,9 +10,12 @@ import base64
 import html
 import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .paths import atomic_write_text
 
@@ -27,13 +30,128 @@ class ReproduceContext:
     seed: int = 0
 
 
+STATUSES = ("holds", "does not hold", "inconclusive", "not tested")
+
+
 @dataclass
 class Verdict:
-    """One paper claim and what we measured for it."""
+    """One paper claim, what we measured for it, and the evidence behind the call.
+
+    `Verdict(claim, measured, holds)` keeps working: `status` then follows `holds` (True: holds, False: does not
+    hold, None: not tested). Evidence is optional but expected: `seeds` (how many, or which) and `interval` (a
+    confidence interval as `(lo, hi)` numbers or text). An interval that spans the threshold cannot call the claim
+    either way: pass `status="inconclusive"` (or build the verdict with `verdict_from_interval`), and `holds` is None.
+    """
 
     claim: str
     measured: str
-    holds: bool | None  # None: not tested at this scale
+    holds: bool | None = None  # None: not tested, or inconclusive (see status)
+    seeds: int | Sequence[int] | str | None = None
+    interval: tuple[float, float] | str | None = None
+    status: str | None = None  # one of STATUSES; derived from `holds` when not given
+
+    def __post_init__(self) -> None:
+        if self.holds is not None:
+            self.holds = bool(self.holds)  # numpy / torch booleans from comparisons
+        if self.status is None:
+            self.status = {True: "holds", False: "does not hold", None: "not tested"}[self.holds]
+        if self.status not in STATUSES:
+            raise ValueError(f"Verdict status {self.status!r} is not one of {STATUSES}")
+        implied = {"holds": True, "does not hold": False}.get(self.status)
+        if self.holds is None:
+            self.holds = implied  # Verdict(claim, measured, status="holds") is fine too
+        if self.holds is not implied:
+            raise ValueError(f"Verdict holds={self.holds!r} contradicts status {self.status!r}")
+
+    def seeds_text(self) -> str:
+        if self.seeds is None:
+            return "–"
+        if isinstance(self.seeds, int):
+            return str(self.seeds)
+        if isinstance(self.seeds, str):
+            return self.seeds
+        return (
+            f"{len(self.seeds)} ({', '.join(map(str, self.seeds))})" if len(self.seeds) <= 5 else str(len(self.seeds))
+        )
+
+    def interval_text(self) -> str:
+        if self.interval is None:
+            return "–"
+        if isinstance(self.interval, str):
+            return self.interval
+        lo, hi = self.interval
+        return f"[{_num(lo)}, {_num(hi)}]"
+
+
+def _num(x: float) -> str:
+    return format(x, ".3g") if abs(x) >= 1e-3 or x == 0 else format(x, ".2e")
+
+
+def bootstrap_ci(
+    values: Sequence[float], stat=np.mean, *, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """`(estimate, lo, hi)`: the statistic of `values` and its percentile bootstrap interval (resampling items).
+
+    Seeded, so a report is reproducible. With one value the interval is that value (no evidence of spread: callers
+    should not call a claim from it; `verdict_from_interval` refuses fewer than two seeds)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    est = float(stat(x))
+    if x.size == 1:
+        return est, est, est
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    boots = np.apply_along_axis(stat, 1, x[idx]) if stat is not np.mean else x[idx].mean(axis=1)
+    a = (1 - level) / 2
+    return est, float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
+
+
+def paired_bootstrap_diff(
+    a: Sequence[float], b: Sequence[float], *, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """`(mean(a - b), lo, hi)` over paired items (same prompt / seed / example in both arms), resampling pairs."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired_bootstrap_diff needs equal-length arms, got {x.shape} and {y.shape}")
+    return bootstrap_ci(x - y, level=level, n_boot=n_boot, seed=seed)
+
+
+def verdict_from_interval(
+    claim: str,
+    lo: float,
+    hi: float,
+    threshold: float = 0.0,
+    seeds: int | Sequence[int] | str | None = None,
+    *,
+    measured: str | None = None,
+    estimate: float | None = None,
+    higher_is_better: bool = True,
+    min_seeds: int = 2,
+) -> Verdict:
+    """The claim "the quantity is above `threshold`" (below, with `higher_is_better=False`), called from its CI.
+
+    The whole interval on the claimed side: holds; on the other side: does not hold; spanning the threshold:
+    inconclusive. Fewer than `min_seeds` seeds (when `seeds` is a count or a list) is inconclusive whatever the
+    interval says: one seed is not evidence of a training-dependent claim. Pass `min_seeds=1` where the interval
+    resamples items of one deterministic run (e.g. prompts under greedy decoding) and say so in `measured`."""
+    if lo > hi:
+        raise ValueError(f"interval [{lo}, {hi}] has lo > hi")
+    n = seeds if isinstance(seeds, int) else None
+    if isinstance(seeds, Sequence) and not isinstance(seeds, str):
+        n = len(seeds)
+    above, below = lo > threshold, hi < threshold
+    if n is not None and n < min_seeds:
+        status = "inconclusive"
+    elif above or below:
+        status = "holds" if above == higher_is_better else "does not hold"
+    else:
+        status = "inconclusive"
+    if measured is None:
+        est = "" if estimate is None else f"{_num(estimate)} "
+        measured = f"{est}(95% CI [{_num(lo)}, {_num(hi)}]; threshold {_num(threshold)})"
+    holds = {"holds": True, "does not hold": False}.get(status)
+    return Verdict(claim, measured, holds, seeds=seeds, interval=(float(lo), float(hi)), status=status)
 
 
 @dataclass
@@ -69,8 +187,17 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None,
 def _verdict_md(verdicts: list[Verdict]) -> str:
     if not verdicts:
         return ""
-    mark = {True: "holds", False: "**does not hold**", None: "not tested"}
-    rows = [{"claim": v.claim, "measured": v.measured, "verdict": mark[v.holds]} for v in verdicts]
+    mark = {"holds": "holds", "does not hold": "**does not hold**", "inconclusive": "_inconclusive_"}
+    rows = [
+        {
+            "claim": v.claim,
+            "measured": v.measured,
+            "seeds": v.seeds_text(),
+            "interval": v.interval_text(),
+            "verdict": mark.get(v.status, v.status),
+        }
+        for v in verdicts
+    ]
     return "\n**Claims vs. measurement**\n\n" + markdown_table(rows)
 
 
@@ -95,7 +222,10 @@ def write_report(run_dir: Path, sections: list[Section], header: str = "") -> tu
             "system": s.system,
             "seconds": round(s.seconds, 1),
             "status": "failed" if s.error else "ok",
-            "claims holding": f"{sum(v.holds is True for v in s.verdicts)}/{len(s.verdicts)}",
+            "claims holding": f"{sum(v.status == 'holds' for v in s.verdicts)}/{len(s.verdicts)}",
+            "does not hold": sum(v.status == "does not hold" for v in s.verdicts),
+            "inconclusive": sum(v.status == "inconclusive" for v in s.verdicts),
+            "not tested": sum(v.status == "not tested" for v in s.verdicts),
         }
         for s in sections
     ]
@@ -119,7 +249,7 @@ def write_report(run_dir: Path, sections: list[Section], header: str = "") -> tu
         html_path, f"<!doctype html><meta charset=utf-8><title>lmlab report</title><style>{style}</style>{body}"
     )
     results = {
-        s.system: {"data": s.data, "seconds": s.seconds, "error": s.error, "verdicts": [v.__dict__ for v in s.verdicts]}
+        s.system: {"data": s.data, "seconds": s.seconds, "error": s.error, "verdicts": [asdict(v) for v in s.verdicts]}
         for s in sections
     }
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, default=str))
