@@ -48,7 +48,15 @@ def register(app: typer.Typer) -> None:
             None, "--max-tokens", help="Stop after this many new prompt+completion tokens."
         ),
         decontaminate: list[Path] = typer.Option(
-            [], "--decontaminate", help="Benchmark JSONL to decontaminate against (repeatable)."
+            [], "--decontaminate", help="Benchmark JSONL / CSV / TSV to decontaminate against (repeatable)."
+        ),
+        text_field: list[str] = typer.Option(
+            [],
+            "--text-field",
+            help="Benchmark field/column holding the text (repeatable; default: question, prompt, ...).",
+        ),
+        language: list[str] = typer.Option(
+            ["en"], "--language", help="Keep rows in these languages (ISO 639-1, repeatable)."
         ),
         ngram: int = typer.Option(10, "--ngram", help="Word n-gram length for decontamination."),
         export_batch: Optional[Path] = typer.Option(
@@ -58,7 +66,9 @@ def register(app: typer.Typer) -> None:
         api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LMLAB_API_KEY"),
     ) -> None:
         """Generate instruction data; resumable (rerun the same command), budgeted, deduplicated."""
+        from .filters import default_filters
         from .pipeline import GlanConfig
+        from .quality import BENCH_FIELDS
         from .run import glan_run
         from .taxonomy import DEFAULT_TAXONOMY, load_taxonomy
 
@@ -89,6 +99,8 @@ def register(app: typer.Typer) -> None:
             max_tokens=max_tokens,
             decontaminate=list(decontaminate),
             decontam_n=ngram,
+            text_fields=tuple(text_field) or BENCH_FIELDS,
+            filters=default_filters(language),
             export_to=export_batch,
             retries=retries,
         )
@@ -103,6 +115,8 @@ def register(app: typer.Typer) -> None:
         )
         if res.status == "complete":
             typer.echo(markdown_table(res.stats["disciplines"], floatfmt=".2f"), err=True)
+            drops = [{"filter": k, "dropped": v} for k, v in res.stats["filters"].items()]
+            typer.echo(markdown_table(drops), err=True)
         typer.echo(f"{res.status}: {res.message}")
 
     @sub.command("import-batch")

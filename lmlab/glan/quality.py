@@ -1,6 +1,7 @@
-"""Quality filters for generated instruction data: exact and near-duplicate removal (MinHash LSH via
+"""Dataset-level filters for generated instruction data: exact and near-duplicate removal (MinHash LSH via
 datasketch, as in distilabel) and decontamination against benchmark files by word n-gram overlap (the
-GPT-3 / Llama-2 style check; n=13 in GPT-3, smaller n is stricter on short questions)."""
+GPT-3 / Llama-2 style check; n=13 in GPT-3, smaller n is stricter on short questions). Row-level quality
+filters (schema, length, language, refusal, repetition) are in filters.py."""
 
 from __future__ import annotations
 
@@ -68,26 +69,54 @@ def dedup(
     return rep
 
 
-def load_benchmark_texts(
-    path: str | Path, fields: Iterable[str] = ("question", "problem", "prompt", "input", "text")
-) -> list[str]:
-    """Texts of a benchmark JSONL file (the first present of `fields` per line)."""
+BENCH_FIELDS = ("question", "problem", "prompt", "input", "text", "turns", "instruction", "query", "description")
+
+
+def _text_of(obj: dict, fields: list[str]) -> tuple[str, str] | None:
+    """(field, text) for the first of `fields` present (case-insensitive); a list of strings (chat turns) joins."""
+    low = {k.casefold(): v for k, v in obj.items() if isinstance(k, str)}
+    for f in fields:
+        v = low.get(f.casefold())
+        if isinstance(v, str) and v.strip():
+            return f, v
+        if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+            return f, "\n".join(v)
+    return None
+
+
+def load_benchmark_texts(path: str | Path, fields: Iterable[str] = BENCH_FIELDS) -> list[str]:
+    """Texts of a benchmark file: JSONL (one object a line) or CSV / TSV with a header; per record, the first of
+    `fields` present (case-insensitive; a list of strings such as Spec-Bench's `turns` is joined)."""
     path = Path(path)
     if not path.exists():
-        raise LmlabError(f"{path}: benchmark file not found", hint="pass --decontaminate FILE.jsonl")
-    out = []
+        raise LmlabError(f"{path}: benchmark file not found", hint="pass --decontaminate FILE.jsonl|.csv")
     fields = list(fields)
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    hint = f"each record needs one of {', '.join(fields)} (choose with --text-field)"
+    out = []
+    if path.suffix.lower() in (".csv", ".tsv"):
+        import csv
+
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            for n, rec in enumerate(reader, 2):
+                got = _text_of(rec, fields)
+                if got is None:
+                    raise LmlabError(
+                        f"{path}:{n}: no text column (columns: {', '.join(reader.fieldnames or [])})", hint=hint
+                    )
+                out.append(got[1])
+        return out
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise LmlabError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-        text = next((obj[f] for f in fields if isinstance(obj.get(f), str)), None)
-        if text is None:
-            raise LmlabError(f"{path}:{n}: no text field", hint=f"each line needs one of {', '.join(fields)}")
-        out.append(text)
+            raise LmlabError(f"{path}:{n}: invalid JSON ({e.msg})", hint="JSONL: one JSON object a line") from None
+        got = _text_of(obj, fields) if isinstance(obj, dict) else None
+        if got is None:
+            raise LmlabError(f"{path}:{n}: no text field", hint=hint)
+        out.append(got[1])
     return out
 
 
@@ -128,6 +157,7 @@ def stats_rows(rows: list[dict], removed: list[dict]) -> list[dict]:
                 "a_words": 0,
                 "dup": 0,
                 "contam": 0,
+                "filtered": 0,
             },
         )
         d["generated"] += 1
@@ -138,8 +168,10 @@ def stats_rows(rows: list[dict], removed: list[dict]) -> list[dict]:
             d["a_words"] += len(words(r["response"]))
         elif reason == "contaminated":
             d["contam"] += 1
-        else:
+        elif reason in ("exact_duplicate", "near_duplicate"):
             d["dup"] += 1
+        else:  # a quality filter (filters.py)
+            d["filtered"] += 1
     out = []
     for d in sorted(by.values(), key=lambda x: x["discipline"]):
         out.append(
@@ -149,6 +181,7 @@ def stats_rows(rows: list[dict], removed: list[dict]) -> list[dict]:
                 "generated": d["generated"],
                 "mean_q_words": d["q_words"] / max(d["rows"], 1),
                 "mean_a_words": d["a_words"] / max(d["rows"], 1),
+                "filtered_rate": d["filtered"] / d["generated"],
                 "dup_rate": d["dup"] / d["generated"],
                 "contam_rate": d["contam"] / d["generated"],
             }

@@ -13,7 +13,7 @@ from ..core.backends import LocalBackend
 from ..core.engine import SamplingParams
 from ..core.errors import LmlabError
 from ..core.paths import shared_data
-from ..core.report import ReproduceContext, Section, Verdict, markdown_table
+from ..core.report import ReproduceContext, Section, Verdict, markdown_table, proportion_ci, verdict_from_interval
 from . import prompts as P
 from .pipeline import GlanConfig
 from .run import glan_run
@@ -66,10 +66,14 @@ def run(ctx: ReproduceContext) -> Section:
         seed=ctx.seed,
     )
     be = LocalBackend(ctx.model, batch_size=8)
-    try:
-        bench = [shared_data("gsm8k", "test.jsonl")]
-    except LmlabError:
-        bench = []
+    # every local benchmark whose domain these disciplines could leak into: math word problems (GSM8K), MT-bench
+    # stem / humanities and Spec-Bench prompts, AG News world and science news (a CSV)
+    bench = []
+    for parts in (("gsm8k", "test.jsonl"), ("spec_bench", "question.jsonl"), ("wicl", "agnews", "test.csv")):
+        try:
+            bench.append(shared_data(*parts))
+        except LmlabError:
+            pass
     res = glan_run(ctx.out_dir / "run", discs, be, cfg, decontaminate=bench)
     again = glan_run(ctx.out_dir / "run", discs, be, cfg, decontaminate=bench)  # resume check: all from cache
     stages = res.stats["stages"]
@@ -84,7 +88,12 @@ def run(ctx: ReproduceContext) -> Section:
     nconc = Counter(len(r["concepts"]) for r in res.rows)
     f = res.stats["filters"]
     gen = res.stats["generated"]
-    contam_rate = f["contaminated"] / max(gen, 1)
+    checked = [  # "gsm8k/test.jsonl": the data set and file, not the machine's path
+        {"file": "/".join(Path(c["file"]).parts[-2:]), "texts": c["texts"], "removed": c["removed"]}
+        for c in res.stats["decontaminated_against"]
+    ]
+    after_dedup = len(res.rows) + f["contaminated"]  # rows that reached decontamination
+    _, c_lo, c_hi = proportion_ci(f["contaminated"], max(after_dedup, 1))
     covered = sum(1 for d in res.stats["disciplines"] if d["rows"] > 0)
     md = [
         f"Model `{be.name}` on the local engine, {len(discs)} disciplines from the built-in taxonomy, "
@@ -99,12 +108,16 @@ def run(ctx: ReproduceContext) -> Section:
         ),
         "\n**Rows per discipline after filtering**\n",
         markdown_table(res.stats["disciplines"], floatfmt=".2f"),
-        f"\nFilters: {f['exact_duplicate']} exact and {f['near_duplicate']} near duplicates (MinHash, Jaccard >= 0.8), "
-        f"{f['contaminated']} rows sharing a 10-gram with {', '.join(Path(b).name for b in bench) or 'no benchmark (not found)'}; "
-        f"{gen} generated, {len(res.rows)} kept.\n",
+        "\n**Rows dropped per filter** (in this order; a row counts under the first filter that drops it)\n",
+        markdown_table([{"filter": k, "dropped": v, "of": gen} for k, v in f.items()]),
+        f"\nQuality filters: schema adherence, length, refusal, Gopher repetition rules (datatrove's thresholds), "
+        f"language (py3langid, English); then exact and near duplicates (MinHash, Jaccard >= 0.8) and "
+        f"decontamination ({res.stats['decontam_n']}-gram overlap). {gen} generated, {len(res.rows)} kept.\n",
+        "\n**Benchmark files checked for contamination**\n",
+        markdown_table(checked) if checked else "_none found_\n",
         f"\nSessions sampled per question: {dict(sorted(nsess.items()))}; concepts per question: {dict(sorted(nconc.items()))}.\n",
-        "\n**Example row**\n\n```json\n"
-        + (json.dumps(res.rows[0], indent=1, ensure_ascii=False)[:1500] if res.rows else "{}")
+        "\n**Example row** (the first row kept by every filter)\n\n```json\n"
+        + (json.dumps(res.rows[0], indent=1, ensure_ascii=False)[:1500] if res.rows else "{} (no row survived)")
         + "\n```\n",
     ]
     verdicts = [
@@ -126,11 +139,19 @@ def run(ctx: ReproduceContext) -> Section:
         Verdict(
             "A rerun resumes from the call cache", f"{new_on_rerun} new calls on rerun of {calls}", new_on_rerun == 0
         ),
-        Verdict(
-            "Generated data is not contaminated by benchmark test sets",
-            f"{contam_rate:.1%} of rows share a 10-gram with GSM8K test" if bench else "no benchmark file",
-            contam_rate < 0.05 if bench else None,
-        ),
+        verdict_from_interval(
+            "Generated data is not contaminated by benchmark test sets (rate < 5 %)",
+            c_lo,
+            c_hi,
+            0.05,
+            seeds=f"1 (seed {ctx.seed}); CI over {after_dedup} rows",
+            measured=f"{f['contaminated']}/{after_dedup} rows share a {res.stats['decontam_n']}-gram with "
+            + ", ".join(c["file"] for c in checked)
+            + " (Wilson 95% CI)",
+            higher_is_better=False,
+        )
+        if checked and after_dedup
+        else Verdict("Generated data is not contaminated by benchmark test sets", "no benchmark file or no rows", None),
         Verdict(
             "GLAN data (10M pairs from GPT-4) improves Mistral-7B on math, coding and reasoning",
             "not tested at this scale",

@@ -2,9 +2,9 @@
 
 out_dir/calls.sqlite   every LLM call (the resume point; safe to copy between machines)
 out_dir/raw.jsonl      all generated rows with provenance
-out_dir/glan.jsonl     rows kept after dedup and decontamination (`datasets.load_dataset("json", ...)`)
-out_dir/removed.jsonl  rows removed, with the reason
-out_dir/stats.json     per-stage calls/tokens, per-discipline stats, filter counts
+out_dir/glan.jsonl     rows kept after quality filters, dedup and decontamination (`datasets.load_dataset("json", ...)`)
+out_dir/removed.jsonl  rows removed, with the filter (`removed`) and why (`removed_detail`)
+out_dir/stats.json     per-stage calls/tokens, per-discipline stats, per-filter drop counts, benchmark files checked
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Any
 from ..core.llmcache import LLMCache
 from ..core.paths import atomic_write_text
 from .batchapi import export_requests
+from .filters import apply_filters, default_filters
 from .pipeline import BudgetReached, Caller, GlanConfig, PendingExport, run_pipeline, stage_table, write_jsonl
-from .quality import Decontaminator, dedup, load_benchmark_texts, stats_rows
+from .quality import BENCH_FIELDS, Decontaminator, dedup, load_benchmark_texts, stats_rows
 from .taxonomy import Discipline
 
 log = logging.getLogger("lmlab.glan")
@@ -43,6 +44,8 @@ def glan_run(
     max_tokens: int | None = None,
     decontaminate: list[Path] | None = None,
     decontam_n: int = 10,
+    text_fields: tuple[str, ...] = BENCH_FIELDS,
+    filters: list | None = None,
     near_dup_threshold: float = 0.8,
     export_to: Path | None = None,
     retries: int = 2,
@@ -79,13 +82,18 @@ def glan_run(
     finally:
         cache.close()
     write_jsonl(raw, out_dir / "raw.jsonl")
-    rep = dedup(raw, threshold=near_dup_threshold)
-    kept, removed, counts = rep.kept, rep.removed, dict(rep.counts)
+    # benchmark files first: a bad path or file fails before any filtering work
+    benches = [(Path(p), load_benchmark_texts(p, text_fields)) for p in decontaminate or []]
+    q = apply_filters(raw, default_filters() if filters is None else filters)
+    rep = dedup(q.kept, threshold=near_dup_threshold)
+    kept, removed, counts = rep.kept, q.removed + rep.removed, {**q.counts, **rep.counts}
     counts["contaminated"] = 0
-    for path in decontaminate or []:
-        d = Decontaminator(load_benchmark_texts(path), n=decontam_n).filter(kept)
-        kept, removed = d.kept, removed + d.removed
+    checked = []
+    for path, texts in benches:
+        d = Decontaminator(texts, n=decontam_n).filter(kept)
+        kept, removed = d.kept, removed + [{**r, "removed_detail": str(path)} for r in d.removed]
         counts["contaminated"] += d.counts["contaminated"]
+        checked.append({"file": str(path), "texts": len(texts), "removed": d.counts["contaminated"]})
     write_jsonl(kept, out_dir / "glan.jsonl")
     write_jsonl(removed, out_dir / "removed.jsonl")
     stats = {
@@ -94,7 +102,8 @@ def glan_run(
         "generated": len(raw),
         "kept": len(kept),
         "filters": counts,
-        "decontaminated_against": [str(p) for p in decontaminate or []],
+        "decontaminated_against": checked,
+        "decontam_n": decontam_n,
         "stages": stage_table(caller),
         "disciplines": stats_rows(kept, removed),
     }

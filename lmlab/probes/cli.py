@@ -46,8 +46,10 @@ def numbers(
     ),
     addition_per_digit: Optional[int] = typer.Option(None, "--addition-per-digit"),
     steer_prompts: Optional[int] = typer.Option(None, "--steer-prompts", help="0 disables steering."),
-    steer_alpha: Optional[float] = typer.Option(
-        None, "--steer-alpha", help="Step as a fraction of the mean residual norm."
+    steer_alpha: list[float] = typer.Option(
+        [],
+        "--steer-alpha",
+        help="Step(s) tried on the dev split, as a fraction of the mean residual norm (repeatable).",
     ),
     steer_window: Optional[int] = typer.Option(None, "--steer-window"),
     figures: Optional[Path] = typer.Option(None, "--figures", help="Also write the figures into this folder."),
@@ -75,7 +77,7 @@ def numbers(
         ("test_per_digit", test_per_digit),
         ("addition_per_digit", addition_per_digit),
         ("steer_prompts", steer_prompts),
-        ("steer_alpha", steer_alpha),
+        ("steer_alphas", list(steer_alpha) or None),
         ("steer_window", steer_window),
     ):
         if value is not None:

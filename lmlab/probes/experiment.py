@@ -25,7 +25,7 @@ from lmlab.core.paths import cache_dir
 from . import data as D
 from .capture import ActivationStore, capture, native_hidden_fn
 from .fit import direction, fit_predict, metrics
-from .steer import add_direction, addition_accuracy, answers, moved_rate
+from .steer import add_direction, addition_accuracy, answers, moved
 
 
 @dataclass
@@ -42,12 +42,17 @@ class NumbersConfig:
     steer_prompts: int = 100
     steer_window: int = 6  # consecutive layers steered together (paper: 6)
     steer_starts: list[int] | None = None  # first layer of each window; None: every layer that fits
-    steer_alpha: float = 0.1  # step as a fraction of the mean residual norm at that layer
+    steer_alphas: list[float] | None = None  # steps tried on the dev split, each a fraction of the mean residual
+    # norm at that layer; None: STEER_ALPHAS. The best (window, step) on dev is reported on test.
+    steer_random: int = 3  # random directions (seeds) compared with the probe direction on test
     ridge_alpha: float = 0.1
     batch_size: int = 32
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
+
+
+STEER_ALPHAS = [0.05, 0.1, 0.2, 0.4]
 
 
 def quick_config(model: str = DEFAULT_MODEL, seed: int = 0) -> NumbersConfig:
@@ -202,8 +207,16 @@ def run_numbers(cfg: NumbersConfig, log: Callable[[str], None] = _log) -> dict[s
     out["addition_accuracy"] = addition_accuracy(
         [p for d in sorted({p.digits for p in add_set}) for p in add_set if p.digits == d], preds
     )
-    out["steering"] = steer(model, tok, problems, dirs, norms, cfg, log)
+    out["steering"], out["steering_test"] = steer(model, tok, problems, dirs, norms, cfg, log)
+    out["length_control"] = {
+        "trained": length_controlled(store, tr, te, y, digits, cfg.ridge_alpha),
+        **({"random_init": length_controlled(rstore, tr, te, y, digits, cfg.ridge_alpha)} if cfg.random_init else {}),
+    }
     return out
+
+
+def _steer_problems(problems: list[D.Problem], split: str, cfg: NumbersConfig) -> list[D.Problem]:
+    return [p for p in problems if p.split == split and p.digits == cfg.steer_digits][: cfg.steer_prompts]
 
 
 def steer(
@@ -214,40 +227,136 @@ def steer(
     norms: dict[int, float],
     cfg: NumbersConfig,
     log: Callable[[str], None] = _log,
-) -> list[dict[str, Any]]:
-    """Rate at which the answer moves the expected way, per window of layers, for +alpha, -alpha and a random
-    direction (+alpha; the paper's random-intervention control)."""
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Steering tuned on dev, reported on test.
+
+    Dev (the `val` split): for every window of layers and every step in `steer_alphas`, the rate at which +alpha
+    along the sum probe's direction raises the answer and -alpha lowers it. The (window, step) with the best mean
+    of the two is then run on the test split, beside `steer_random` random unit directions at the same step and
+    signs (the paper's random-intervention control). Per test prompt the score is the mean of its up and down
+    moves; the probe's score minus the random directions' mean score, bootstrapped over prompts, is the evidence.
+    Returns (one dev row per window, at that window's best step; the test result or None)."""
     L = model.cfg.num_layers
     steerable = [l for l in sorted(dirs) if 1 <= l <= L - 1]  # block outputs before the final norm
-    if not steerable or cfg.steer_prompts <= 0:
-        return []
-    probs = [p for p in problems if p.split == "test" and p.digits == cfg.steer_digits][: cfg.steer_prompts]
-    if not probs:
-        return []
-    ids = D.encode(tok, probs)[0]
+    dev, test = _steer_problems(problems, "val", cfg), _steer_problems(problems, "test", cfg)
+    if not steerable or cfg.steer_prompts <= 0 or not dev or not test:
+        return [], None
+    alphas = cfg.steer_alphas or STEER_ALPHAS
     max_new = 3 * cfg.steer_digits + 8
-    clean = answers(model, tok, ids, max_new, batch_size=cfg.batch_size)
     starts = [
         s
         for s in (cfg.steer_starts if cfg.steer_starts is not None else steerable)
         if s >= 1 and s + cfg.steer_window - 1 <= L - 1
     ]
-    rng = np.random.default_rng(cfg.seed)
-    rows = []
+
+    def run(ids: list[list[int]], clean: list[int | None], window: list[int], vecs, alpha: float) -> dict[str, list]:
+        moves = {}
+        for name, sign in (("up", 1.0), ("down", -1.0)):
+            hooks: dict[int, Any] = {}
+            for l in window:
+                hooks.update(add_direction({l: vecs[l]}, sign * alpha * norms[l], model.dtype, model.device))
+            steered = answers(model, tok, ids, max_new, hooks=hooks, batch_size=cfg.batch_size)
+            moves[name] = moved(clean, steered, sign)
+        return moves
+
+    dev_ids = D.encode(tok, dev)[0]
+    dev_clean = answers(model, tok, dev_ids, max_new, batch_size=cfg.batch_size)
+    rows: list[dict[str, Any]] = []
     for s in starts:
         window = [l for l in range(s, s + cfg.steer_window) if l in dirs and 1 <= l <= L - 1]
         if not window:
             continue
-        row: dict[str, Any] = {"start": s, "layers": window, "alpha_frac": cfg.steer_alpha, "prompts": len(probs)}
-        rand_dirs = {l: (lambda v: v / np.linalg.norm(v))(rng.standard_normal(dirs[l].shape)) for l in window}
-        for name, vecs, sign in (("up", dirs, 1.0), ("down", dirs, -1.0), ("random_up", rand_dirs, 1.0)):
-            hooks: dict[int, Any] = {}
-            for l in window:
-                hooks.update(add_direction({l: vecs[l]}, sign * cfg.steer_alpha * norms[l], model.dtype, model.device))
-            steered = answers(model, tok, ids, max_new, hooks=hooks, batch_size=cfg.batch_size)
-            row[name] = moved_rate(clean, steered, sign)
-        log(
-            f"steer layers {window[0]}-{window[-1]}: up {row['up']:.2f} down {row['down']:.2f} random {row['random_up']:.2f}"
+        by_alpha = {}
+        for a in alphas:
+            m = run(dev_ids, dev_clean, window, dirs, a)
+            by_alpha[a] = {"up": float(np.mean(m["up"])), "down": float(np.mean(m["down"]))}
+        best = max(alphas, key=lambda a: by_alpha[a]["up"] + by_alpha[a]["down"])
+        rows.append(
+            {
+                "start": s,
+                "layers": window,
+                "alpha_frac": best,
+                "prompts": len(dev),
+                "up": by_alpha[best]["up"],
+                "down": by_alpha[best]["down"],
+                "by_alpha": {str(a): v for a, v in by_alpha.items()},
+            }
         )
-        rows.append(row)
-    return rows
+        log(
+            f"steer dev layers {window[0]}-{window[-1]}: best step {best}: up {rows[-1]['up']:.2f} down {rows[-1]['down']:.2f}"
+        )
+    if not rows:
+        return [], None
+    pick = max(rows, key=lambda r: r["up"] + r["down"])
+    window, alpha = pick["layers"], pick["alpha_frac"]
+    ids = D.encode(tok, test)[0]
+    clean = answers(model, tok, ids, max_new, batch_size=cfg.batch_size)
+    probe = run(ids, clean, window, dirs, alpha)
+    rng = np.random.default_rng(cfg.seed)
+    randoms = []
+    for _ in range(cfg.steer_random):
+        vecs = {l: (lambda v: v / np.linalg.norm(v))(rng.standard_normal(dirs[l].shape)) for l in window}
+        randoms.append(run(ids, clean, window, vecs, alpha))
+    score = (np.array(probe["up"], float) + np.array(probe["down"], float)) / 2
+    rand_score = np.mean([(np.array(r["up"], float) + np.array(r["down"], float)) / 2 for r in randoms], axis=0)
+    test_row = {
+        "layers": window,
+        "alpha_frac": alpha,
+        "prompts": len(test),
+        "random_directions": cfg.steer_random,
+        "up": float(np.mean(probe["up"])),
+        "down": float(np.mean(probe["down"])),
+        "random_up": float(np.mean([np.mean(r["up"]) for r in randoms])),
+        "random_down": float(np.mean([np.mean(r["down"]) for r in randoms])),
+        "score": score.tolist(),
+        "random_score": rand_score.tolist(),
+    }
+    log(
+        f"steer test layers {window[0]}-{window[-1]} step {alpha}: probe {score.mean():.2f} random {rand_score.mean():.2f}"
+    )
+    return rows, test_row
+
+
+def length_controlled(
+    store: ActivationStore, tr: np.ndarray, te: np.ndarray, y: np.ndarray, digits: np.ndarray, ridge_alpha: float
+) -> dict[str, Any]:
+    """The digit-count confound: NumProbe operands share their length, and length alone predicts most of log2(a+b).
+    Digit count enters as a covariate (Frisch-Waugh): target and activations both have their train-split mean per
+    digit count removed, a Ridge probe maps residual activations to residual log2(a+b) at the last token, and
+    `partial_r2` = 1 - SSE(probe) / SSE(digit-count means) on test is the share of the within-length variance the
+    probe explains. The layer is chosen on a held-out quarter of the train split, never on test.
+    Returns the chosen layer, its partial R² per layer (train-dev) and the per-test-item squared errors of the
+    probe and of the digit-count baseline (for bootstrap intervals)."""
+    last, k = D.POSITIONS.index("last"), D.TARGETS.index("sum")
+    yk = y[:, k]
+
+    def residualise(fit_idx: np.ndarray, all_idx: np.ndarray, v: np.ndarray) -> np.ndarray:
+        out = v[all_idx].astype(np.float64).copy()
+        for d in np.unique(digits[all_idx]):
+            m = v[fit_idx][digits[fit_idx] == d].mean(axis=0) if (digits[fit_idx] == d).any() else v[fit_idx].mean(0)
+            out[digits[all_idx] == d] -= m
+        return out
+
+    def errors(fit_idx: np.ndarray, eval_idx: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ytr, yte = residualise(fit_idx, fit_idx, yk), residualise(fit_idx, eval_idx, yk)
+        xtr, xte = residualise(fit_idx, fit_idx, X), residualise(fit_idx, eval_idx, X)
+        _, pred = fit_predict("ridge", xtr, ytr[:, None], xte, ridge_alpha)
+        return (yte - pred[:, 0]) ** 2, yte**2
+
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(tr)
+    cut = max(1, len(perm) // 4)
+    t_dev, t_fit = np.sort(perm[:cut]), np.sort(perm[cut:])
+    per_layer = {}
+    for layer in store.layers:
+        e, b = errors(t_fit, t_dev, store.layer(layer)[:, last])
+        per_layer[layer] = float(1 - e.sum() / b.sum())
+    best = max(per_layer, key=per_layer.get)
+    e, b = errors(tr, te, store.layer(best)[:, last])
+    return {
+        "layer": best,
+        "dev_partial_r2": per_layer,
+        "partial_r2": float(1 - e.sum() / b.sum()),
+        "sq_err": e.tolist(),
+        "sq_err_digits_only": b.tolist(),
+    }

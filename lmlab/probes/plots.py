@@ -105,17 +105,13 @@ def steering(result: dict[str, Any], out: Path) -> Path | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.4))
     x = [r["start"] for r in rows]
-    for key, style in (("up", "o-"), ("down", "s-"), ("random_up", "x--")):
-        ax.plot(
-            x,
-            [r[key] for r in rows],
-            style,
-            label={
-                "up": "+α probe dir (answer ↑)",
-                "down": "−α probe dir (answer ↓)",
-                "random_up": "+α random dir (↑)",
-            }[key],
-        )
+    for key, style in (("up", "o-"), ("down", "s-")):
+        label = {"up": "+α probe dir (answer ↑), dev", "down": "−α probe dir (answer ↓), dev"}[key]
+        ax.plot(x, [r[key] for r in rows], style, label=label)
+    st = result.get("steering_test")
+    if st:
+        ax.axhline((st["random_up"] + st["random_down"]) / 2, ls="--", c="gray", label="random dir, test (mean ↑/↓)")
+        ax.plot([st["layers"][0]], [(st["up"] + st["down"]) / 2], "k*", ms=10, label="probe dir, test (mean ↑/↓)")
     ax.set_xlabel(f"first layer of the {len(rows[0]['layers'])}-layer window")
     ax.set_ylabel("answers moved as expected")
     ax.set_ylim(0, 1)

@@ -8,7 +8,15 @@ from typing import Any
 import numpy as np
 
 from lmlab.core.paths import atomic_write_text
-from lmlab.core.report import ReproduceContext, Section, Verdict, markdown_table
+from lmlab.core.report import (
+    ReproduceContext,
+    Section,
+    Verdict,
+    bootstrap_ci,
+    markdown_table,
+    paired_bootstrap_diff,
+    verdict_from_interval,
+)
 
 from . import plots
 from .data import POSITIONS, TARGETS
@@ -75,7 +83,6 @@ def verdicts(result: dict[str, Any]) -> list[Verdict]:
     )
     if result.get("random_init"):
         rs = _best(result["random_init"], "last", "sum")
-        w, wr = within_digit_r2(result["layers"], "last", "sum"), within_digit_r2(result["random_init"], "last", "sum")
         v.append(
             Verdict(
                 "high overall R² reflects learned value encoding, not just number length (random-init control)",
@@ -83,11 +90,28 @@ def verdicts(result: dict[str, Any]) -> list[Verdict]:
                 bs["r2"] - rs["r2"] >= 0.2,
             )
         )
+    lc = result.get("length_control") or {}
+    if "trained" in lc and "random_init" in lc:
+        t, r = lc["trained"], lc["random_init"]
+        et, bt = np.array(t["sq_err"]), np.array(t["sq_err_digits_only"])
+        er, br = np.array(r["sq_err"]), np.array(r["sq_err_digits_only"])
+
+        def gap(ix: np.ndarray) -> float:  # partial R² trained minus random-init on the same resampled test items
+            i = ix.astype(int)
+            return float((1 - et[i].sum() / bt[i].sum()) - (1 - er[i].sum() / br[i].sum()))
+
+        est, lo, hi = bootstrap_ci(np.arange(len(et), dtype=float), stat=gap)
         v.append(
-            Verdict(
-                "within one digit count, the trained model encodes the value far better than a random-init model",
-                f"mean within-digit-count R² of log2(a+b) at the last token: trained {w[1]:.3f} (layer {w[0]}) vs random-init {wr[1]:.3f} (layer {wr[0]})",
-                w[1] - wr[1] >= 0.2,
+            verdict_from_interval(
+                "with digit count as a covariate, the trained model still encodes the value (partial R² of log2(a+b) "
+                "beyond a random-init model's)",
+                lo,
+                hi,
+                0.0,
+                seeds=f"1 (seed {result['config']['seed']}); CI over {len(et)} test items",
+                measured=f"partial R² (within-length variance explained) trained {t['partial_r2']:.3f} (layer {t['layer']}) "
+                f"vs random-init {r['partial_r2']:.3f} (layer {r['layer']}); gap {est:.3f}, 95% bootstrap CI "
+                f"[{lo:.3f}, {hi:.3f}]; layers chosen on a train-dev split",
             )
         )
     acc = max(r["acc_1pct"] for r in result["layers"] if r["probe"] == "ridge")
@@ -98,16 +122,21 @@ def verdicts(result: dict[str, Any]) -> list[Verdict]:
             acc < 0.5 <= bs["r2"],
         )
     )
-    st = result.get("steering") or []
+    st = result.get("steering_test")
     if st:
-        top = max(st, key=lambda r: r["up"] + r["down"])
-        rnd = max(r["random_up"] for r in st)
+        est, lo, hi = paired_bootstrap_diff(st["score"], st["random_score"])
         v.append(
-            Verdict(
-                "adding the probe direction moves the model's answer the expected way (paper: up to 73 % on Mistral-7B, layers 14–19)",
-                f"best window layers {top['layers'][0]}–{top['layers'][-1]}: up {top['up']:.2f}, down {top['down']:.2f}; random direction at most {rnd:.2f} "
-                f"(model's own addition accuracy ≤ {max(result['addition_accuracy'].values()):.2f})",
-                min(top["up"], top["down"]) > rnd + 0.1,
+            verdict_from_interval(
+                "adding the probe direction moves the model's answer the expected way more often than a random "
+                "direction (paper: up to 73 % on Mistral-7B, layers 14–19)",
+                lo,
+                hi,
+                0.0,
+                seeds=list(range(st["random_directions"])),
+                measured=f"test, layers {st['layers'][0]}–{st['layers'][-1]}, step {st['alpha_frac']} (both chosen on dev): "
+                f"up {st['up']:.2f}, down {st['down']:.2f} vs random up {st['random_up']:.2f}, down {st['random_down']:.2f}; "
+                f"gap {est:.2f} over {st['prompts']} prompts (paired bootstrap); model's own addition accuracy ≤ "
+                f"{max(result['addition_accuracy'].values()):.2f}",
             )
         )
     return v
@@ -134,12 +163,38 @@ def section(result: dict[str, Any], ctx: ReproduceContext) -> Section:
     steer = [
         {
             "layers": f"{r['layers'][0]}–{r['layers'][-1]}",
-            "+α ↑": r["up"],
-            "−α ↓": r["down"],
-            "random ↑": r["random_up"],
+            **{f"α={a} ↑/↓": f"{x['up']:.2f}/{x['down']:.2f}" for a, x in r.get("by_alpha", {}).items()},
         }
         for r in result.get("steering", [])
     ]
+    st = result.get("steering_test")
+    steer_md = ""
+    if steer:
+        steer_md = (
+            f"\n**Steering, dev split** ({cfg['steer_digits']}-digit `val` problems; rate of answers moved up by +α / "
+            "down by −α along the sum probe's direction; α × mean residual norm per layer)\n\n" + markdown_table(steer)
+        )
+    if st:
+        steer_md += (
+            f"\n**Steering, test split** (the dev-best window {st['layers'][0]}–{st['layers'][-1]} and step "
+            f"{st['alpha_frac']}, {st['prompts']} prompts, against {st['random_directions']} random unit directions)\n\n"
+            + markdown_table(
+                [
+                    {"direction": "probe", "↑": st["up"], "↓": st["down"]},
+                    {"direction": "random (mean)", "↑": st["random_up"], "↓": st["random_down"]},
+                ],
+                floatfmt=".2f",
+            )
+        )
+    lc = result.get("length_control") or {}
+    if lc:
+        steer_md += (
+            "\n**Digit-count confound** (NumProbe operands share their length): partial R² of log2(a+b) at the last "
+            "token with digit count as a covariate (train-split means per digit count removed from target and "
+            "activations; 1 − SSE(probe) / SSE(digit-count means) on test): "
+            + ", ".join(f"{k} {x['partial_r2']:.3f} (layer {x['layer']})" for k, x in lc.items())
+            + ".\n"
+        )
     md = (
         f"Model `{result['model']}`; {result['n_train']} train / {result['n_test']} test prompts "
         f"(`Question: What is the sum of {{a}} and {{b}} ?\\nAnswer: `, NumProbe data, {'quick subset' if ctx.quick else 'full'}); "
@@ -150,12 +205,7 @@ def section(result: dict[str, Any], ctx: ReproduceContext) -> Section:
         + markdown_table(summary_rows(result))
         + "\n**The model's own addition accuracy (greedy, exact match)**\n\n"
         + markdown_table(add)
-        + (
-            f"\n**Steering** ({cfg['steer_digits']}-digit test problems, step {cfg['steer_alpha']} × mean residual norm per layer, "
-            "rate of answers moving the expected way)\n\n" + markdown_table(steer)
-            if steer
-            else ""
-        )
+        + steer_md
     )
     return Section(
         "probes",
@@ -163,6 +213,11 @@ def section(result: dict[str, Any], ctx: ReproduceContext) -> Section:
         md,
         figures=figs,
         data={k: result[k] for k in ("model", "n_train", "n_test", "addition_accuracy")}
-        | {"summary": summary_rows(result), "steering": result.get("steering")},
+        | {
+            "summary": summary_rows(result),
+            "steering": result.get("steering"),
+            "steering_test": {k: v for k, v in (result.get("steering_test") or {}).items() if "score" not in k},
+            "length_control": {k: {"layer": x["layer"], "partial_r2": x["partial_r2"]} for k, x in lc.items()},
+        },
         verdicts=verdicts(result),
     )

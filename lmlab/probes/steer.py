@@ -85,11 +85,13 @@ def add_direction(
     }
 
 
+def moved(clean: Sequence[int | None], steered: Sequence[int | None], sign: float) -> list[bool]:
+    """Per prompt: did the answer move the expected way? (invalid/absent answers count as not moved)."""
+    return [
+        c is not None and s is not None and s > 0 and ((s > c) if sign > 0 else (s < c)) for c, s in zip(clean, steered)
+    ]
+
+
 def moved_rate(clean: Sequence[int | None], steered: Sequence[int | None], sign: float) -> float:
     """Fraction of prompts whose answer moved the expected way (invalid/absent steered answers count as not moved)."""
-    ok = 0
-    for c, s in zip(clean, steered):
-        if c is None or s is None or s <= 0:
-            continue
-        ok += (s > c) if sign > 0 else (s < c)
-    return ok / max(1, len(clean))
+    return sum(moved(clean, steered, sign)) / max(1, len(clean))

@@ -9,6 +9,7 @@ from lmlab.core.report import (
     Verdict,
     bootstrap_ci,
     paired_bootstrap_diff,
+    proportion_ci,
     verdict_from_interval,
     write_report,
 )
@@ -82,3 +83,11 @@ def test_report_shows_seeds_interval_and_counts_inconclusive(tmp_path):
     assert "| claim | measured | seeds | interval | verdict |" in text
     assert "| sys | 0.000 | ok | 2/4 | 1 | 1 | 0 |" in text
     assert "_inconclusive_" in text and "3 (0, 1, 2)" in text and "[-0.1, 0.2]" in text
+
+
+def test_wilson_interval_is_honest_at_zero():
+    p, lo, hi = proportion_ci(0, 12)
+    assert p == 0 and lo == 0 and 0.2 < hi < 0.3  # 0/12 does not show a rate below 5 %
+    assert proportion_ci(0, 1000)[2] < 0.005
+    p, lo, hi = proportion_ci(50, 100)
+    assert lo == pytest.approx(0.404, abs=1e-3) and hi == pytest.approx(0.596, abs=1e-3)

@@ -47,6 +47,10 @@ def test_numbers_json_schema_and_figures(tiny_ckpt, tmp_path):
         "3",
         "--steer-window",
         "2",
+        "--steer-alpha",
+        "0.1",
+        "--steer-alpha",
+        "0.3",
         "--figures",
         str(tmp_path / "f"),
     ]
@@ -62,6 +66,10 @@ def test_numbers_json_schema_and_figures(tiny_ckpt, tmp_path):
     for x in rows:
         assert set(x) >= {"layer", "position", "target", "probe", "pearson", "r2", "acc_1pct", "mse"}
     assert len(out["random_init"]) == 4 * 9 and [s["layers"] for s in out["steering"]] == [[1, 2]]
+    assert set(out["steering"][0]["by_alpha"]) == {"0.1", "0.3"}  # steps tuned on the val split
+    st = out["steering_test"]  # the dev-chosen step, on test, against random directions
+    assert st["alpha_frac"] == out["steering"][0]["alpha_frac"] and len(st["score"]) == len(st["random_score"]) == 3
+    assert set(out["length_control"]) == {"trained", "random_init"}
     assert {p.name for p in (tmp_path / "f").iterdir()} == {
         "probes_heatmap_r2.png",
         "probes_heatmap_acc_1pct.png",
