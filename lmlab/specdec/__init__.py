@@ -1,7 +1,8 @@
 """Speculative decoding (Spec-Bench survey, arXiv:2401.07851): draft cheaply, verify in one target pass,
 never change the output. Methods: draft-model speculative sampling (`sps`), prompt lookup (`pld`), an
 EAGLE-style feature head with EAGLE-2 dynamic trees (`eagle`, `eagle_pld` with prompt lookup) and the target's
-own weights quantized to 4 bits as its draft (`selfq4`); all batched and lossless.
+own weights quantized to 4 bits as its draft (`selfq4`), the target with calibrated layers skipped (`layerskip`,
+layerskip.py: no training); all batched and lossless.
 
     from lmlab.specdec import make_drafter, spec_generate
     drafter = make_drafter(lm, "eagle")
@@ -42,6 +43,6 @@ def speculative_stream(
     return spec_stream(lm.model, lm.tokenizer, make_drafter(lm, method), [prompt_ids], params)
 
 
-METHODS = ("sps", "pld", "eagle", "eagle_pld", "selfq4")
+METHODS = ("sps", "pld", "eagle", "eagle_pld", "selfq4", "layerskip")
 for _m in METHODS:  # offered to core: LocalBackend(speculative=...), `lmlab generate --speculative`
     register_speculative(_m, lambda lm, ids, params, _m=_m: speculative_stream(lm, ids, params, _m))

@@ -24,7 +24,7 @@ from ..core.paths import atomic_write_text, shared_data
 from .decode import SpecStats, spec_generate
 from .registry import find_trained, make_drafter
 
-METHODS = ("ar", "sps", "pld", "eagle", "eagle_pld", "selfq4", "hf_ar", "hf_assisted", "hf_prompt_lookup")
+METHODS = ("ar", "sps", "pld", "eagle", "eagle_pld", "selfq4", "layerskip", "hf_ar", "hf_assisted", "hf_prompt_lookup")
 """`hf_ar` is transformers' plain greedy `generate`: the baseline that transformers' own speculative methods are
 measured against, so speculation's gain and the engine's gain are reported apart."""
 
@@ -125,7 +125,7 @@ def run_bench(
     qs = load_questions(prompts, limit_per_category, categories)
     skipped: dict[str, str] = {}  # method -> why it did not run here; the others' results are kept
     drafters = {}
-    for m in ("sps", "pld", "eagle", "eagle_pld", "selfq4"):
+    for m in ("sps", "pld", "eagle", "eagle_pld", "selfq4", "layerskip"):
         if m in methods:
             drafters[m] = _try(m, skipped, log, lambda m=m: make_drafter(lm, m))
     hf_methods = [m for m in methods if m.startswith("hf_")]

@@ -131,7 +131,20 @@ def register(app: typer.Typer) -> None:
         max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
         target: str = typer.Option("smollm2-135m-instruct", "--target", "-m"),
         methods: str = typer.Option(
-            ",".join(("ar", "sps", "pld", "eagle", "eagle_pld", "selfq4", "hf_ar", "hf_assisted", "hf_prompt_lookup")),
+            ",".join(
+                (
+                    "ar",
+                    "sps",
+                    "pld",
+                    "eagle",
+                    "eagle_pld",
+                    "selfq4",
+                    "layerskip",
+                    "hf_ar",
+                    "hf_assisted",
+                    "hf_prompt_lookup",
+                )
+            ),
             "--methods",
         ),
         json_path: Optional[Path] = typer.Option(

@@ -15,7 +15,7 @@ from .drafters import DraftModel, PromptLookup, quantized_self_draft
 from .eagle import EagleDrafter, load_head
 from .train import DraftTrainConfig, _target_id
 
-METHODS = ("sps", "pld", "eagle", "eagle_pld", "selfq4")
+METHODS = ("sps", "pld", "eagle", "eagle_pld", "selfq4", "layerskip")
 DRAFT_ALIAS = "smollm2-135m-instruct-draft"
 
 
@@ -107,7 +107,14 @@ def draft_vocab_of(path: Path):
 def make_drafter(lm: LoadedModel, method: str, draft: str | None = None, head: str | None = None, **kw):
     """A drafter for target `lm`: 'pld', 'sps' (draft LM: `draft` alias/path or the cached one) or
     'eagle' (head folder `head` or the cached one), 'eagle_pld' (eagle, but prompt lookup where the context's
-    last n-gram recurs), 'selfq4' (the target's own weights quantized to 4 bits as the draft: no training)."""
+    last n-gram recurs), 'selfq4' (the target's own weights quantized to 4 bits as the draft: no training),
+    'layerskip' (the target with calibrated layers skipped as the draft: no training, any device and dtype)."""
+    if method == "pld":
+        return PromptLookup(**kw)
+    if method == "layerskip":
+        from .layerskip import layerskip_drafter
+
+        return layerskip_drafter(lm.model, lm.tokenizer, **kw)
     if method == "pld":
         return PromptLookup(**kw)
     if method == "sps":

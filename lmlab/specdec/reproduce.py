@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 
 from ..core.loader import load_model
-from ..core.report import ReproduceContext, Section, Verdict
+from ..core.report import ReproduceContext, Section, Verdict, bootstrap_ci, verdict_from_interval
 from .bench import plot, run_bench, table
 from .registry import find_trained, trained_path
 from .train import DraftTrainConfig, train_draft_lm, train_eagle_head
 
 QUICK_CATEGORIES = ("writing", "coding", "math_reasoning", "translation", "summarization", "rag")
-OURS = ("sps", "pld", "eagle", "eagle_pld", "selfq4")
+OURS = ("sps", "pld", "eagle", "eagle_pld", "selfq4", "layerskip")
 
 
 def run(ctx: ReproduceContext) -> Section:
@@ -75,14 +75,35 @@ def run(ctx: ReproduceContext) -> Section:
             o[best]["achieved_fraction"] >= 0.8 if "achieved_fraction" in o[best] else None,
         ),
     ]
+    if "layerskip" in o:  # the training-free draft: what quick mode can test on a fresh clone
+        from .layerskip import last_calibration
+
+        cal = last_calibration() or {}
+        per = [v["layerskip"]["speedup"] for v in res["per_category"].values() if "layerskip" in v]
+        est, lo, hi = bootstrap_ci(per)
+        verdicts.append(
+            verdict_from_interval(
+                "A draft that needs no training, the target with layers skipped (Draft & Verify / SWIFT), speeds up "
+                "lossless greedy decoding (> 1x)",
+                lo,
+                hi,
+                1.0,
+                seeds=f"greedy (deterministic); CI over {len(per)} categories",
+                measured=f"{est:.2f}x mean over categories (95% bootstrap CI [{lo:.2f}, {hi:.2f}]); acceptance "
+                f"{o['layerskip'].get('acceptance_rate', 0):.2f}, {o['layerskip'].get('mean_accepted_tokens', 0):.2f} "
+                f"tokens per target pass; {len(cal.get('skip', []))} of {len(cal.get('skip', [])) + len(cal.get('keep', []))} "
+                f"layers skipped (calibrated top-1 agreement {cal.get('agreement', float('nan')):.2f})",
+            )
+        )
     md = (
         f"Greedy, {res['n_prompts']} Spec-Bench prompts ({'1 per category, ' + ', '.join(QUICK_CATEGORIES) if ctx.quick else '2 per category'}), "
         f"{64 if ctx.quick else 128} new tokens, {res['config']['dtype']}, target {ctx.model}; drafts trained on the target's own generations "
         f"(draft LM: {used['draft']['prompts']} + {used['draft'].get('self_prompts', 0)} self-written prompts x {used['draft']['new_tokens']} tokens, "
         f"{used['draft']['steps']} steps; EAGLE head: {used['eagle']['prompts']} + {used['eagle'].get('self_prompts', 0)} x {used['eagle']['new_tokens']}, "
         f"{used['eagle']['steps']} steps). `verify_cost` is one verification pass in units of one "
-        "plain decoding step (the formula assumes 1). eagle_pld is the EAGLE head with prompt lookup where the context's last n-gram recurs.\n\n"
-        + table(res)
+        "plain decoding step (the formula assumes 1). eagle_pld is the EAGLE head with prompt lookup where the context's last n-gram recurs. "
+        "layerskip drafts with the target itself minus calibrated layers, on the target's own KV cache: no training, "
+        "so it is the quick mode's fair test on a fresh clone.\n\n" + table(res)
     )
     return Section(
         "specdec",
