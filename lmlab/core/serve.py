@@ -50,6 +50,7 @@ class _Req(BaseModel):
     stream: bool = False
     stop: Union[str, list[str], None] = None
     seed: Optional[int] = None
+    ignore_eos: bool = False  # vLLM's extension: run to max_tokens (benchmarks)
 
 
 class Message(BaseModel):
@@ -255,7 +256,14 @@ def create_app(
             )
         stop = [r.stop] if isinstance(r.stop, str) else list(r.stop or [])
         new = max_tokens or min(max_tokens_limit, ctx_len - prompt_len)  # no max_tokens: up to the context
-        return SamplingParams(max_new_tokens=new, temperature=r.temperature, top_p=r.top_p, seed=r.seed, stop=stop), new
+        return SamplingParams(
+            max_new_tokens=new,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            seed=r.seed,
+            stop=stop,
+            ignore_eos=r.ignore_eos,
+        ), new
 
     async def off_loop(fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(cpu, fn, *args)
