@@ -90,16 +90,16 @@ def main() -> None:
     batches = [int(x) for x in a.batches.split(",")]
     lm = load_model("smollm2-135m-instruct", dtype=torch.float32)
     generate(lm.model, lm.tokenizer, [[1, 2, 3]], SamplingParams(max_new_tokens=2))  # warm-up
-    rows = [offline(lm, b, a.tokens) for b in batches]
     app = create_app(lm, max_batch=max(batches), max_queue=4 * max(batches), max_tokens_limit=256)
+    rows: list[dict] = []
     with ServerThread(app) as srv:
-        for b in batches:
+        for b in batches:  # each offline figure next to its served one: the machine's load drifts between them
+            rows.append(offline(lm, b, a.tokens))
             rows.append(asyncio.run(served(srv.url, [a.tokens] * b, [0.0] * b, f"serve, {b} streams", b)))
         rng = random.Random(0)
         lengths = [rng.randint(8, 64) for _ in range(16)]
-        stag = asyncio.run(
-            served(srv.url, lengths, [2.0 * i / 15 for i in range(16)], "serve, 16 staggered over 2 s, 8-64 tokens", 16)
-        )
+        delays = [2.0 * i / 15 for i in range(16)]
+        stag = asyncio.run(served(srv.url, lengths, delays, "serve, 16 staggered over 2 s, 8-64 tokens", 16))
         rows.append(stag)
     for r in rows:
         r["tokens_per_s"] = r["tokens"] / r["seconds"]

@@ -177,7 +177,7 @@ class Scheduler:
     def _iteration(self) -> None:
         now = time.monotonic()
         self._reap(now)
-        self._admit(now)
+        self._admit()
         self._prefill()
         self._decode()
 
@@ -206,20 +206,23 @@ class Scheduler:
                 if not s.cancelled:
                     s.sink(s.choice, StreamEvent(s.choice, None, "", "length"))
                 self._finish(s, "cancelled" if s.cancelled else "timeout")
+        with self._cv:  # queued rows too: a hung-up or expired request must not hold a queue place until a slot frees
+            gone = [s for s in self.waiting if s.cancelled or (s.deadline is not None and now > s.deadline)]
+            for s in gone:
+                self.waiting.remove(s)
+        for s in gone:
+            if s.cancelled:
+                self.stats.cancelled += 1
+                self._finish(s, "cancelled")
+            else:
+                self.stats.timed_out += 1
+                s.sink(s.choice, QueueTimeout("the request waited in the queue past its time limit"))
+                self._finish(s, "timeout")
 
-    def _admit(self, now: float) -> None:
+    def _admit(self) -> None:
         with self._cv:
             while self.waiting and len(self.running) + len(self.prefilling) < self.max_batch:
-                s = self.waiting.popleft()
-                if s.cancelled:
-                    self.stats.cancelled += 1
-                    self._finish(s, "cancelled")
-                    continue
-                if s.deadline is not None and now > s.deadline:
-                    self.stats.timed_out += 1
-                    s.sink(s.choice, QueueTimeout("the request waited in the queue past its time limit"))
-                    self._finish(s, "timeout")
-                    continue
+                s = self.waiting.popleft()  # cancelled / expired rows were dropped by _reap just before
                 s.text = _RowText(self.tokenizer, s.params.stop)
                 seed = s.params.seed
                 s.generator = make_generator(None if seed is None else seed + s.choice, self.model.device)

@@ -29,7 +29,7 @@ from lmlab.core.engine import SamplingParams, StreamEvent, encode_chat, generate
 from lmlab.core.errors import LmlabError
 from lmlab.core.loadtest import rss_mb, run_load
 from lmlab.core.model import Transformer
-from lmlab.core.scheduler import Scheduler, Sequence
+from lmlab.core.scheduler import QueueTimeout, Scheduler, Sequence
 from lmlab.core.serve import ServerThread, create_app
 
 KEY = "test-key"
@@ -454,3 +454,22 @@ def test_lmlab_serve_command_drains_on_sigterm_and_exits_0(smollm, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_queued_request_past_its_deadline_is_refused_while_the_slot_stays_busy(tiny):
+    sched = Scheduler(tiny.model, tiny.tokenizer, max_batch=1)
+    rec, got = Recorder(), []
+    prompt = tiny.tokenizer("hello").input_ids
+    try:
+        busy = sched.submit([Sequence(prompt, SamplingParams(max_new_tokens=1000), 1000, 0, rec.sink("busy"))])
+        deadline = time.monotonic() + 0.2
+        sched.submit(
+            [Sequence(prompt, SamplingParams(max_new_tokens=4), 4, 0, lambda c, ev: got.append(ev), None, deadline)]
+        )
+        _wait(lambda: got, timeout=30)
+        assert isinstance(got[0], QueueTimeout) and len(sched.waiting) == 0 and sched.stats.timed_out == 1
+        assert len(sched.running) == 1 and not rec.finished  # the busy row was never disturbed
+        busy.cancel()
+        _wait(lambda: not sched.running)
+    finally:
+        sched.close()
