@@ -41,6 +41,14 @@ from .engine import (
 from .model import KVCache, Transformer
 
 
+def _row(cache: KVCache, j: int) -> KVCache:
+    """Row j of a cache as a one-row KVCache (views)."""
+    v = KVCache.__new__(KVCache)
+    v.k, v.v = [t[j : j + 1] for t in cache.k], [t[j : j + 1] for t in cache.v]
+    v.lengths, v.capacity, v.batch, v.key_bias = [cache.lengths[j]], cache.capacity, 1, None
+    return v
+
+
 class QueueFull(Exception):
     """The waiting queue is at its bound: the server answers 429 with Retry-After."""
 
@@ -231,13 +239,34 @@ class Scheduler:
                 self.stats.prompt_tokens += len(s.prompt)
 
     def _prefill(self) -> None:
-        """At most `prefill_chunk` prompt tokens this iteration, oldest first; sequences of one request share one."""
+        """At most `prefill_chunk` prompt tokens this iteration, oldest first; sequences of one request share one.
+
+        Fresh prompts of the same length that fit the budget go in one batched pass (`chunked_forward`: on the kernels
+        each row's bits are a lone prefill's); other prompts go one row at a time, a long one in pieces."""
         budget = self.prefill_chunk
+        fresh, groups = [], set()
+        for s in self.prefilling:  # not started, and one per request (siblings then share its prefill)
+            if s.cache is None and not self._sibling_busy(s) and (s.group is None or id(s.group) not in groups):
+                fresh.append(s)
+                groups.add(id(s.group))
+        if len(fresh) >= 2:
+            n = len(fresh[0].prompt)
+            same = [s for s in fresh if len(s.prompt) == n][: max(1, budget // n)]
+            if len(same) >= 2:
+                cache = self.model.new_cache(len(same), n + 1)
+                ids = torch.tensor([s.prompt for s in same], device=self.model.device)
+                out = chunked_forward(self.model, ids, cache)
+                self.stats.prefill_pieces += 1
+                budget -= n * len(same)
+                for j, s in enumerate(same):
+                    s.cache, s.logits, s.prefilled = _row(cache, j), out.logits[j : j + 1], n
         for s in list(self.prefilling):
             if budget <= 0:
                 break
+            if s.logits is not None:
+                continue
             if s.cache is None:
-                if s.group is not None and any(o.group is s.group and o.cache is not None for o in self.prefilling):
+                if self._sibling_busy(s):
                     continue  # a sibling (same request, same prompt) is prefilling it: wait for its cache
                 s.cache = self.model.new_cache(1, len(s.prompt) + 1)
             piece = s.prompt[s.prefilled : s.prefilled + budget]
@@ -255,6 +284,9 @@ class Scheduler:
                 if o.group is s.group and o.group is not None and o.cache is None:
                     o.cache, o.logits, o.prefilled = s.cache, s.logits.clone(), s.prefilled
             self._start(s)
+
+    def _sibling_busy(self, s: Sequence) -> bool:
+        return s.group is not None and any(o.group is s.group and o.cache is not None for o in self.prefilling)
 
     def _start(self, s: Sequence) -> None:
         """First token from the prefill logits; the row takes a slot unless it is already finished."""
