@@ -76,9 +76,16 @@ class Caller:
             self.calls += 1
 
     def call(
-        self, messages: list[dict[str, str]], tag: str = "", max_new_tokens: int | None = None, sample: int = 0
+        self,
+        messages: list[dict[str, str]],
+        tag: str = "",
+        max_new_tokens: int | None = None,
+        sample: int = 0,
+        reserved: bool = False,
     ) -> CallResult:
-        self._reserve()
+        """One call; `reserved`: the caller already took the budget slot (`_reserve`)."""
+        if not reserved:
+            self._reserve()
         params = self.params if max_new_tokens is None else replace(self.params, max_new_tokens=max_new_tokens)
         if sample and params.seed is not None:
             params = replace(params, seed=params.seed + sample)

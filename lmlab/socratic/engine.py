@@ -120,12 +120,13 @@ class _Base:
         t = self.store.tree.turns.get(tid)
         if t is not None and t.reply is not None:
             return self._reuse(t)  # answered before a restart: no call, the same path
+        self.caller._reserve()  # before the turn is recorded: a budget stop leaves no unanswered turn
         if t is None:
             t = self.store.add(Turn(tid, pattern, messages, parent, context=context, meta=meta))
         if self.human is not None and self.human(t, self.store) == "stop":
             raise HumanStop(tid)
         t0 = time.perf_counter()
-        c = self.caller.call(t.messages, tag=pattern, max_new_tokens=self.cfg.max_new_tokens)
+        c = self.caller.call(t.messages, tag=pattern, max_new_tokens=self.cfg.max_new_tokens, reserved=True)
         self.store.set_reply(t, c.text, c.usage, round(time.perf_counter() - t0, 4), c.finish_reason)
         return t
 

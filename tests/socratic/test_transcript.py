@@ -69,7 +69,7 @@ def test_recorded_backend_replays_every_turn_exactly(pvsnp_tree, tmp_path):
 
 
 def test_another_backend_regenerates_each_turn_and_carries_its_own_replies(pvsnp_tree, tmp_path):
-    from fakes import ScriptedBackend
+    from .fakes import ScriptedBackend
 
     be = ScriptedBackend(answer="REGENERATED")
     store = TreeStore(tmp_path / "r.jsonl")
