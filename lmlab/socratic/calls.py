@@ -82,11 +82,14 @@ class Caller:
         max_new_tokens: int | None = None,
         sample: int = 0,
         reserved: bool = False,
+        temperature: float | None = None,
     ) -> CallResult:
         """One call; `reserved`: the caller already took the budget slot (`_reserve`)."""
         if not reserved:
             self._reserve()
         params = self.params if max_new_tokens is None else replace(self.params, max_new_tokens=max_new_tokens)
+        if temperature is not None:
+            params = replace(params, temperature=temperature)
         if sample and params.seed is not None:
             params = replace(params, seed=params.seed + sample)
         req = Request(self.backend.name, messages, asdict(params), sample=sample, tag=tag)
