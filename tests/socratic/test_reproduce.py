@@ -11,10 +11,10 @@ def test_reproduce_mechanics_with_a_scripted_model(tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "LocalBackend", lambda model, batch_size=8: ScriptedBackend(name=model))
     sec = run(ReproduceContext(out_dir=tmp_path, quick=True))
     d = sec.data
-    assert d["jobs"] == d["jobs_run"] == 12 * len(METHODS)
+    assert d["jobs"] == d["jobs_run"] == 9 * len(METHODS)
     assert d["transcript"]["replay_identical_turns"] == 97 and sec.verdicts[0].holds and sec.verdicts[1].holds
     curve = d["curves"]["all/socratic+check"]
-    assert [c["calls"] for c in curve] == [1, 2, 3, 4, 5] and all(c["n"] == 12 for c in curve)
+    assert [c["calls"] for c in curve] == [1, 2, 3, 4, 5] and all(c["n"] == 9 for c in curve)
     # the scripted model's "The answer is 42." / "5" never solves these: every method fails, and the
     # verdicts must then not claim a win
     assert all(c["success"] == 0 for k, cs in d["curves"].items() for c in cs)
