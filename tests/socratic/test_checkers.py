@@ -52,3 +52,21 @@ def test_arithmetic_claims_and_sympy_and_numbers():
     assert C.sympy_equal("2")("= 3").ok is False
     assert C.numeric_answer(18)("... #### 18").ok is True and C.numeric_answer(18)("The answer is 1,800").ok is False
     assert C.last_number("The answer is $1,234.") == "1234"
+
+
+def test_cli_checker_specs_and_dimacs_errors(tmp_path):
+    from lmlab.core.errors import LmlabError
+    from lmlab.socratic.cli import make_checker, read_dimacs
+
+    cnf = tmp_path / "f.cnf"
+    cnf.write_text("c tiny\np cnf 2 2\n1 2 0\n-1 0\n")
+    assert read_dimacs(cnf) == ([[1, 2], [-1]], 2)
+    assert make_checker(f"sat:{cnf}")("x1=0 x2=1").ok is True
+    assert make_checker("24:4,6,8,2")("(6 - 2) * 4 + 8").ok is True
+    assert make_checker("number:7")("The answer is 7").ok is True
+    assert make_checker("python:os.path:isabs")("/x").ok is True
+    cnf.write_text("p cnf 2 1\n1 2\n")
+    with pytest.raises(LmlabError, match=r"f.cnf:2: a clause must end with 0"):
+        read_dimacs(cnf)
+    with pytest.raises(LmlabError, match="unknown --checker"):
+        make_checker("magic:1")
