@@ -19,11 +19,13 @@ from dataclasses import asdict
 from typing import Any
 
 from ..core.engine import SamplingParams
+from .calls import BudgetExhausted
 
 
 class MicroBatcher:
-    def __init__(self, backend: Any, max_batch: int = 8, window: float = 0.05):
-        self.backend, self.max_batch, self.window = backend, max_batch, window
+    def __init__(self, backend: Any, max_batch: int = 8, window: float = 0.05, deadline: float | None = None):
+        """`deadline` (time.monotonic()): requests still queued after it fail with BudgetExhausted."""
+        self.backend, self.max_batch, self.window, self.deadline = backend, max_batch, window, deadline
         self.name = backend.name
         self.concurrency = max_batch  # tells controllers they may call from several threads
         self.q: queue.Queue = queue.Queue()
@@ -41,22 +43,38 @@ class MicroBatcher:
     def stream(self, prompt: Any, params: SamplingParams):
         yield from self.backend.stream(prompt, params)
 
+    @staticmethod
+    def _key(params: SamplingParams, schema: dict | None) -> str:
+        """Requests that may share a batch: equal parameters, except that the seed is ignored for greedy
+        decoding (it has no effect) and a sampled batch uses its first row's seed."""
+        d = asdict(params)
+        d.pop("seed")
+        return json.dumps([d, schema], sort_keys=True)
+
     def _worker(self) -> None:
-        held: list = []
+        held: list = []  # requests that did not fit the last batch, oldest first
         while True:
             first = held.pop(0) if held else self.q.get()
-            key = json.dumps([asdict(first[1]), first[2]], sort_keys=True)
+            key = self._key(first[1], first[2])
             batch = [first]
+            for item in list(held):
+                if len(batch) < self.max_batch and self._key(item[1], item[2]) == key:
+                    batch.append(item)
+                    held.remove(item)
             end = time.monotonic() + self.window  # wait at most `window` after the first request
             try:
                 while len(batch) < self.max_batch and (left := end - time.monotonic()) > 0:
                     item = self.q.get(timeout=left)
-                    if json.dumps([asdict(item[1]), item[2]], sort_keys=True) == key:
+                    if self._key(item[1], item[2]) == key:
                         batch.append(item)
                     else:
                         held.append(item)
             except queue.Empty:
                 pass
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                for b in batch:
+                    b[3].set_exception(BudgetExhausted("max_seconds", "the time guard passed while queued"))
+                continue
             self.batches.append(len(batch))
             try:
                 outs = self.backend.complete([b[0] for b in batch], first[1], first[2])

@@ -79,11 +79,11 @@ def run(ctx: ReproduceContext) -> Section:
     stats, verdicts = transcript_part()
     B = 5
     seeds = [ctx.seed] if ctx.quick else [ctx.seed, ctx.seed + 1, ctx.seed + 2]
-    deadline = t_start + (8 * 60 if ctx.quick else 6 * 3600)
-    backend = MicroBatcher(LocalBackend(ctx.model, batch_size=8), max_batch=8)
+    deadline = t_start + (7.5 * 60 if ctx.quick else 6 * 3600)
+    backend = MicroBatcher(LocalBackend(ctx.model, batch_size=8), max_batch=8, deadline=deadline)
     cache = LLMCache(out / "calls.sqlite")
     (out / "trees").mkdir(exist_ok=True)
-    tokens = {"direct": 32, "cot": 80, "direct+check": 32, "socratic": 64, "socratic+check": 64}
+    tokens = dict.fromkeys(METHODS, 64)  # one length for all, so requests of every method can share a batch
     cut: list[tuple] = []
 
     def make_caller(method: str, seed: int, budget: Budget) -> Caller:
@@ -98,11 +98,9 @@ def run(ctx: ReproduceContext) -> Section:
         s, p, m = j
         if time.monotonic() > deadline:
             return  # not started: reported as not run
-        callers: list[Caller] = []
 
         def mk(b: Budget) -> Caller:
-            callers.append(make_caller(m, s, b))
-            return callers[-1]
+            return make_caller(m, s, b)
 
         if m in ("direct", "cot", "direct+check"):
             answers = run_sampling(p, mk(Budget(max_calls=B)), B, m == "cot", m == "direct+check")

@@ -93,3 +93,30 @@ def test_tree_of_thoughts_controller_over_the_same_tree():
     # greedy selection kept the 'likely' state; the answer continues from it
     assert tree.path("tot/answer")[0].id == "tot0.0/propose"
     assert "add two and three" in tree["tot/answer"].prompt
+
+
+def test_micro_batcher_groups_concurrent_requests_by_parameters():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lmlab.core.engine import SamplingParams
+    from lmlab.socratic.batching import MicroBatcher
+
+    class Recording(ScriptedBackend):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def complete(self, prompts, params, json_schema=None):
+            self.sizes.append((len(prompts), params.max_new_tokens))
+            time.sleep(0.05)
+            return super().complete(prompts, params, json_schema)
+
+    be = Recording()
+    mb = MicroBatcher(be, max_batch=4, window=0.2)
+    reqs = [(i, SamplingParams(max_new_tokens=8 if i % 2 else 16, seed=i)) for i in range(8)]
+    msgs = [[{"role": "user", "content": f"q{i}"}] for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda r: mb.complete([msgs[r[0]]], r[1])[0].text, reqs))
+    assert outs == [ScriptedBackend().complete([m], SamplingParams())[0].text for m in msgs]  # each its own reply
+    # two parameter groups (the greedy seeds do not split them), four requests each
+    assert sorted(be.sizes) == [(4, 8), (4, 16)]
