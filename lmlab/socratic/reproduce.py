@@ -113,7 +113,8 @@ def run(ctx: ReproduceContext) -> Section:
         answers += [answers[-1] if answers else None] * (B - len(answers))
         results[(s, p.task, p.id, m)] = [bool(a is not None and p.score(a).ok) for a in answers]
 
-    with ThreadPoolExecutor(max_workers=16) as pool:  # the micro-batcher turns these into batches of 8
+    # as many jobs in flight as one batch holds: more would interleave and finish none before the time guard
+    with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(job, jobs))
 
     rows, curves = [], {}
