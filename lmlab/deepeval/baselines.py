@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from .data import LETTERS, Item
 
-_WORD = re.compile(r"\w+")
+_WORD = re.compile(r"[a-z0-9']+")  # on lower-cased text
 
 
 def _stripped(item: Item) -> dict[str, str]:
@@ -38,7 +38,9 @@ def _jaccard(a: set[str], b: set[str]) -> float:
 
 
 def least_similar(item: Item) -> str | None:
-    """Anti-centroid: the option with the least mean word-Jaccard (lower-cased \\w+ tokens) to the other three."""
+    """Anti-centroid: the option with the least summed word-Jaccard to the other three (words = runs of
+    [a-z0-9'] in lower-cased text). Gives 31.1 / 43.6 on title / deep semantics as in the design brief's table,
+    and 37.4 on description (the brief: 37.3, one item apart; its tokenisation is not recorded)."""
     toks = {x: set(_WORD.findall(item.options[x].lower())) for x in LETTERS}
     return min(LETTERS, key=lambda x: sum(_jaccard(toks[x], toks[y]) for y in LETTERS if y != x))
 
