@@ -8,7 +8,7 @@ import json
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,6 @@ class RunConfig:
     batch_size: int = 8
     judge_retries: int = 2
     label: str = ""  # the `model` key of the records (default: the backend's name + mode + condition)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.condition not in CONDITIONS:
@@ -134,7 +133,6 @@ def _base_record(label: str, it: Item, k: int, rot: int, cfg: RunConfig, mode: s
         "gold": it.gold(rot),
         "options": it.option_list(cfg.official_whitespace, rot),
         "prompt": prompt,
-        **cfg.extra,
     }
 
 
