@@ -125,7 +125,11 @@ def run(ctx: ReproduceContext) -> Section:
             recs = sorted((r for r in recs if r["item"] in keep), key=lambda r: (r["template"], r["item"]))
             ll_recs[f"{st}/{cond}"] = recs
             res[cond] = recs
-        for how, name in (("ll_mean", "SmolLM2 loglik (mean/token)"), ("ll_letter", "SmolLM2 loglik (letter)")):
+        for how, name in (
+            ("ll_mean", "SmolLM2 loglik (mean/token)"),
+            ("ll_sum", "SmolLM2 loglik (sum)"),
+            ("ll_letter", "SmolLM2 loglik (letter)"),
+        ):
             add_pair(name, st, [r[f"{how}_correct"] for r in res["oracle"]], [r[f"{how}_correct"] for r in res["none"]])
 
     from ..core.backends import LocalBackend
