@@ -226,12 +226,17 @@ class Parser:
     # ---- parsing ----
     @torch.no_grad()
     def parse_tokens(
-        self, sentences: list[str], beam: int = 5, batch_size: int = 32, silver: list[list[str]] | None = None
+        self,
+        sentences: list[str],
+        beam: int = 5,
+        batch_size: int = 32,
+        silver: list[list[str]] | None = None,
+        max_len: int | None = None,
     ) -> list[list[str]]:
         """Linearized graphs (in this parser's order) for the sentences, batched by length, beam search."""
         if self.kind == "rgl" and silver is None:
             assert self.reverse is not None, "an RGL parser needs its pass-1 reverse parser"
-            silver = self.reverse.parse_tokens(sentences, beam=beam, batch_size=batch_size)
+            silver = self.reverse.parse_tokens(sentences, beam=beam, batch_size=batch_size, max_len=max_len)
         s = self.tok.sid
         order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
         out: list[list[str]] = [[] for _ in sentences]
@@ -241,12 +246,12 @@ class Parser:
             longest = int(mask.sum(1).max())
             gen = dict(
                 num_beams=beam,
-                max_new_tokens=min(512, 4 * longest + 32),
+                max_new_tokens=max_len or min(512, 4 * longest + 32),
                 decoder_start_token_id=s["<AMR>"],
                 eos_token_id=s["</AMR>"],
                 pad_token_id=s["<pad>"],
                 bos_token_id=s["<s>"],
-                early_stopping=True,
+                early_stopping=beam > 1,
                 do_sample=False,
             )
             if self.kind == "rgl":
@@ -258,9 +263,11 @@ class Parser:
                 out[i] = self.tok.graph_tokens(row)
         return out
 
-    def parse(self, sentences: list[str], beam: int = 5, batch_size: int = 32) -> list[AmrGraph]:
+    def parse(
+        self, sentences: list[str], beam: int = 5, batch_size: int = 32, max_len: int | None = None
+    ) -> list[AmrGraph]:
         """Sentences -> graphs; never empty: malformed output is repaired and the repairs stored in `status`."""
-        toks = self.parse_tokens(sentences, beam=beam, batch_size=batch_size)
+        toks = self.parse_tokens(sentences, beam=beam, batch_size=batch_size, max_len=max_len)
         out = []
         for k, (sent, t) in enumerate(zip(sentences, toks)):
             dec: Decoded = delinearize(t)
