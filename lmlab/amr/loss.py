@@ -57,4 +57,9 @@ def rgl_loss(
     loss = r * ce_t + (1 - r) * ce_s
     kld = kl_teacher_student(z_teacher, z_student, detach_teacher) if kl else torch.zeros(())
     loss = loss + kld
-    return loss, {"ce_teacher": float(ce_t), "ce_student": float(ce_s), "kl": float(kld), "r": r}
+    return loss, {
+        "ce_teacher": float(ce_t.detach()),
+        "ce_student": float(ce_s.detach()),
+        "kl": float(kld.detach()),
+        "r": r,
+    }

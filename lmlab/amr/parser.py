@@ -246,7 +246,7 @@ class Parser:
             longest = int(mask.sum(1).max())
             gen = dict(
                 num_beams=beam,
-                max_new_tokens=max_len or min(512, 4 * longest + 32),
+                max_new_tokens=min(max_len or 4 * longest + 32, self.model.config.max_position_embeddings - 2),
                 decoder_start_token_id=s["<AMR>"],
                 eos_token_id=s["</AMR>"],
                 pad_token_id=s["<pad>"],

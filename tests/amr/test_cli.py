@@ -134,3 +134,11 @@ def test_cli_exit_code_2_without_traceback(tmp_path):
         timeout=300,
     )
     assert p.returncode == 2 and "bad1" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_generation_never_runs_past_the_position_table(small):
+    """Regression: an untrained model generating 4 x input + 32 tokens overflowed a short position table."""
+    st = TrainSettings(**{**TINY, "steps": 1, "max_source": 20, "max_target": 20})
+    p = train_plain(small[:4], "nlr", st)
+    graphs = p.parse([small[0].sentence + " and more words to make it long"], beam=1)
+    assert p.model.config.max_position_embeddings == 28 and graphs[0].graph().triples
