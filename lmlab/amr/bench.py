@@ -45,7 +45,7 @@ def _default_parser():
     return _cached(f"nlr-{key}", lambda: train_plain(train, "nlr", st, tok=tok))
 
 
-def run_bench(json_path: Path, n: int = 64, model: Path | None = None, echo=print) -> dict:
+def run_bench(json_path: Path, n: int = 32, model: Path | None = None, echo=print) -> dict:
     from .metrics import smatch_ilp, smatch_snowblink
     from .parser import Parser
 

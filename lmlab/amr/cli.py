@@ -192,7 +192,7 @@ def reproduce(
 @sub.command()
 def bench(
     json_path: Path = typer.Option(Path("benchmarks/results/amr_bench.json"), "--json"),
-    n: int = typer.Option(64, "--n", help="Test sentences to parse."),
+    n: int = typer.Option(32, "--n", help="Test sentences to parse."),
     model: Optional[Path] = typer.Option(None, "--model", help="Parser dir (default: a small seeded one)."),
 ) -> None:
     """Sentences/s of batched beam parsing (batch 1 vs 32, beam 1 vs 5) and Smatch time per metric."""

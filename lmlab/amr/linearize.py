@@ -206,7 +206,7 @@ def delinearize(tokens: list[str] | str) -> Decoded:
                 repairs.append(f"stray token {tokens[i]!r} outside the graph")
             i += 1
     if not roots:
-        return Decoded(penman.parse(BACKOFF), repairs + ["empty graph: backoff"])
+        return Decoded(penman.parse(BACKOFF), _collapse(repairs + ["empty graph: backoff"]))
     if len(roots) > 1:
         repairs.append(f"{len(roots)} fragments joined under multi-sentence")
         root = (new_var(), [("/", "multi-sentence")] + [(f":snt{k + 1}", r) for k, r in enumerate(roots)])
@@ -226,11 +226,20 @@ def delinearize(tokens: list[str] | str) -> Decoded:
         return (var, out)
 
     tree = penman.Tree(drop_undefined(root))
+    repairs = _collapse(repairs)
     try:
         penman.decode(penman.format(tree), model=MODEL)
     except Exception as e:  # noqa: BLE001 - any failure of the reference parser means: back off
         return Decoded(penman.parse(BACKOFF), repairs + [f"unreadable graph ({type(e).__name__}): backoff"])
     return Decoded(tree, repairs)
+
+
+def _collapse(repairs: list[str]) -> list[str]:
+    """Repeated repairs once, with a count ("stray token ')' outside the graph x37")."""
+    counts: dict[str, int] = {}
+    for r in repairs:
+        counts[r] = counts.get(r, 0) + 1
+    return [r if n == 1 else f"{r} x{n}" for r, n in counts.items()]
 
 
 def canonical_triples(tree: penman.Tree) -> tuple[str, list[tuple]]:

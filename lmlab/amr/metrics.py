@@ -284,11 +284,16 @@ def position_counts(pred: Items, gold: Items, amap: dict[str, str]) -> dict[str,
     return out
 
 
+def position_recall(arr: np.ndarray) -> list[float | None]:
+    """Recall per bin by gold position only (defined wherever gold items fall, whatever the parser emits)."""
+    return [None if tg == 0 else mg / tg for _, _, mg, tg in arr]
+
+
 def position_f1(arr: np.ndarray) -> list[float | None]:
     """F1 per bin from summed `position_counts` rows (None where a bin holds no item)."""
     res: list[float | None] = []
     for mp, tp, mg, tg in arr:
-        if tp == 0 and tg == 0:
+        if tp == 0 or tg == 0:  # precision or recall undefined in this bin (no predicted / gold item there)
             res.append(None)
             continue
         p = mp / tp if tp else 0.0
@@ -313,6 +318,8 @@ class Evaluation:
             "smatch_ilp": self.ilp.row(),
             "subscores": {k: v.row() for k, v in self.subscores.items()},
             "position_f1": self.positions,
+            "position_recall": {k: position_recall(np.asarray(v)) for k, v in self.position_counts.items()},
+            "position_counts": self.position_counts,
         }
 
     def rows(self) -> list[dict]:
