@@ -242,11 +242,12 @@ class Parser:
         out: list[list[str]] = [[] for _ in sentences]
         for b in range(0, len(order), batch_size):
             idx = order[b : b + batch_size]
-            ids, mask = _pad([self.tok.text_input(sentences[i]) for i in idx], s["<pad>"], 256)
+            limit = self.model.config.max_position_embeddings - 2  # BART's learned positions are offset by 2
+            ids, mask = _pad([self.tok.text_input(sentences[i]) for i in idx], s["<pad>"], limit)
             longest = int(mask.sum(1).max())
             gen = dict(
                 num_beams=beam,
-                max_new_tokens=min(max_len or 4 * longest + 32, self.model.config.max_position_embeddings - 2),
+                max_new_tokens=min(max_len or 4 * longest + 32, limit),
                 decoder_start_token_id=s["<AMR>"],
                 eos_token_id=s["</AMR>"],
                 pad_token_id=s["<pad>"],
@@ -255,7 +256,7 @@ class Parser:
                 do_sample=False,
             )
             if self.kind == "rgl":
-                gids, gmask = _pad([self.tok.graph_input(silver[i]) for i in idx], s["<pad>"], 512)
+                gids, gmask = _pad([self.tok.graph_input(silver[i]) for i in idx], s["<pad>"], limit)
                 seqs = self.model.rgl_generate(ids, mask, gids, gmask, **gen)
             else:
                 seqs = self.model.generate(input_ids=ids, attention_mask=mask, **gen)
