@@ -314,7 +314,10 @@ class _NativeAttention(nn.Module):
         mask = torch.cat([pre, own], -1)
         st = run.st
         w = st.weights if st.active(self.layer) else None
-        p = reweight(scores, mask, run.key_demo(P + U), w, st.plan.placement, st.head_sel(nh, x.device))
+        qrows = None
+        if st.query_start > P:  # the prompt is in the rows themselves (no shared prefix): weights on query rows only
+            qrows = (torch.arange(T, device=x.device) + P + U - T) >= st.query_start
+        p = reweight(scores, mask, run.key_demo(P + U), w, st.plan.placement, st.head_sel(nh, x.device), qrows)
         p5 = p.reshape(B, nkv, g * T, P + U)
         y = (p5[..., :P] @ pv + p5[..., P:] @ vals).reshape(B, nh, T, hd)
         return a.wo(y.transpose(1, 2).reshape(B, T, nh * hd))
@@ -356,12 +359,16 @@ class NativeLM:
         return (cache.k, cache.v, len(ids))
 
     @torch.no_grad()
-    def logits_at(self, prefix: Any, rows: list[list[int]], picks: list[list[int]], st: RowState) -> list[Tensor]:
+    def logits_at(
+        self, prefix: Any, rows: list[list[int]], picks: list[list[int]], st: RowState, query_start: int | None = None
+    ) -> list[Tensor]:
+        """As `HFLM.logits_at`; query_start > prefix length: rows carry the prompt themselves (the recompute
+        baseline), and only their positions >= query_start get weights."""
         pk, pv, P = prefix
         m = self.model
         ids, lens = _pad(rows, m.device)
         R, T = ids.shape
-        st.query_start = P
+        st.query_start = P if query_start is None else query_start
         run = _NativeRun(pk, pv, st)
         cache = m.new_cache(R, T)
         pos = (torch.arange(T, device=m.device) + P)[None].expand(R, T)

@@ -102,12 +102,13 @@ class Scorer:
         heads: list[int] | None = None,
         label_mode: str = "sum",
         batch_rows: int = 32,
+        cache: Any = None,
     ):
         self.lm, self.template, self.prompt = lm, template, prompt
         self.plan = WeightPlan(prompt.spans, placement, layers, heads)
         self.labels = label_ids(lm.tokenizer, template, label_mode)
         self.batch_rows = batch_rows
-        self.cache = lm.prefix(prompt.ids)
+        self.cache = lm.prefix(prompt.ids) if cache is None else cache  # shared across placements
         self._q: dict[int, list[int]] = {}
 
     @property
@@ -125,12 +126,16 @@ class Scorer:
         uniform ICL), visible [R, P] prefix key visibility (None: all). Multi-token words: summed log-probability."""
         single = all(len(x) == 1 for x in self.labels)
         C = len(self.labels)
+        # rows sorted by length so that a batch pads little (padding is most of the waste on mixed-length queries)
+        order = sorted(range(len(queries)), key=lambda i: len(queries[i]))
+        step = self.batch_rows if single else max(1, self.batch_rows // C)
         out = []
-        for s in range(0, len(queries), self.batch_rows if single else max(1, self.batch_rows // C)):
-            qs = queries[s : s + (self.batch_rows if single else max(1, self.batch_rows // C))]
+        for s in range(0, len(queries), step):
+            sel = order[s : s + step]
+            qs = [queries[i] for i in sel]
             n = len(qs)
-            w = None if W is None else W[s : s + n]
-            vis = None if visible is None else visible[s : s + n]
+            w = None if W is None else W[sel]
+            vis = None if visible is None else visible[sel]
             if single:
                 rows, picks = qs, [[len(q) - 1] for q in qs]
             else:
@@ -150,7 +155,8 @@ class Scorer:
                     ]
                 ).view(n, C)
             out.append(lp.log_softmax(-1))
-        return torch.cat(out)
+        res = torch.cat(out)
+        return res[torch.tensor(order).argsort()]
 
     # -------------------------------------------------------------------------------------- indicators
     def accuracy(self, items: list[Example], W: Tensor | None = None) -> Tensor:
