@@ -42,6 +42,7 @@ class RunConfig:
     label_mode: str = "sum"
     batch_rows: int = 32
     corr_vectors: int = 0  # > 0: also the indicator study with this many random weight vectors per seed
+    search: bool = True  # False: only the indicator study (no ICL/WICL comparison)
 
     def __post_init__(self):
         if self.indicator not in INDICATORS:
@@ -109,9 +110,10 @@ def run_seed(lm: LM, task: Task, cfg: RunConfig, seed: int, eval_items: list, va
         "eval_n": len(eval_items),
         "indicator": cfg.indicator,
         "beam": cfg.beam,
-        "icl_acc": float(base.accuracy(eval_items)[0]),
     }
-    for placement in cfg.placements:
+    if cfg.search:
+        rec["icl_acc"] = float(base.accuracy(eval_items)[0])
+    for placement in cfg.placements if cfg.search else []:
         t1 = time.perf_counter()
         sc = Scorer(
             lm,
@@ -194,9 +196,12 @@ def run_task(
             out.parent.mkdir(parents=True, exist_ok=True)
             with open(out, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-        if log:
+        if log and cfg.search:
             msg = " ".join(f"{p}={rec[p]['acc']:.3f}" for p in cfg.placements)
             log(f"{task.name} seed {seed}: icl={rec['icl_acc']:.3f} {msg} ({rec['seconds']:.0f}s)")
+        elif log:
+            rho = {p: rec["indicator_study"][p]["rho"] for p in cfg.placements}
+            log(f"{task.name} seed {seed}: indicator study rho={rho} ({rec['seconds']:.0f}s)")
     return rows
 
 
