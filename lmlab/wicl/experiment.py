@@ -18,6 +18,7 @@ import torch
 
 from lmlab.core.errors import LmlabError
 
+from .attention import PLACEMENTS
 from .icl import LM, Scorer, build_prompt
 from .search import SPACE, beam_search, exhaustive_search, random_weights
 from .tasks import Task, sample_demos, sample_eval, validation_pool
@@ -49,6 +50,9 @@ class RunConfig:
             raise LmlabError(f"unknown indicator {self.indicator!r}", hint=f"use one of {', '.join(INDICATORS)}")
         if self.shots < 1:
             raise LmlabError("--shots must be >= 1")
+        for p in self.placements:
+            if p not in PLACEMENTS:
+                raise LmlabError(f"unknown placement {p!r}", hint=f"use one of {', '.join(PLACEMENTS)}")
 
 
 def load_lm(model: str, backend: str = "native", device: str = "cpu", dtype: str = "float32") -> LM:
