@@ -218,8 +218,8 @@ def bench(
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
     task: str = typer.Option("sst2", "--task"),
     shots: list[int] = typer.Option([8, 16], "--shots", help="Repeatable."),
-    queries: int = typer.Option(8, "--queries", help="Queries per candidate (MSP uses the k demonstrations)."),
-    candidates: int = typer.Option(6, "--candidates"),
+    queries: int = typer.Option(8, "--queries", help="Queries per candidate (MSP scores the k=8 demonstrations)."),
+    candidates: int = typer.Option(17, "--candidates", help="17 = the distinct vectors of one beam-1 search at k=8."),
 ) -> None:
     """Shared demonstration cache + candidates as rows vs recomputing the prompt per candidate (same run)."""
     from .bench import run_bench
