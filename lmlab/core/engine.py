@@ -286,8 +286,9 @@ def stream_generate(
                 logits = proc(rows, [texts[r].ids for r in rows], logits)
             nxt = sample(logits, p, gen)
             keep = []
+            host = nxt.tolist()  # one device->host copy per step for the whole batch (not one sync per row)
             for j, r in enumerate(rows):
-                t = int(nxt[j])
+                t = host[j]
                 if t in stops:
                     yield StreamEvent(r, None, texts[r].flush(), "stop")
                     continue

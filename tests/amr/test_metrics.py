@@ -1,0 +1,76 @@
+"""Golden tests of both Smatch scorers, the sub-scores and the position analysis on small hand graphs."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from lmlab.amr.graphs import parse_graph
+from lmlab.amr.metrics import BINS, evaluate, smatch_ilp, smatch_snowblink
+
+GOLD = [
+    "(w / want-01 :ARG0 (b / boy) :ARG1 (g / go-01 :ARG0 b :polarity -))",
+    '(p / person :name (n / name :op1 "Tom") :wiki "Tom_X" :ARG0-of (r / run-02))',
+]
+PRED = [
+    "(w / want-01 :ARG0 (b / boy) :ARG1 (g / go-01 :ARG1 b))",
+    '(p / person :name (n / name :op1 "Tom") :ARG0-of (r / run-01))',
+]
+
+
+def test_snowblink_matches_official_corpus_scorer():
+    import smatch
+
+    ours, counts = smatch_snowblink(PRED, GOLD, seed=0)
+    smatch.match_triple_dict.clear()
+    p, r, f = next(smatch.score_amr_pairs(io.StringIO("\n\n".join(PRED) + "\n"), io.StringIO("\n\n".join(GOLD) + "\n")))
+    assert ours.f1 == pytest.approx(f, abs=1e-9) and ours.precision == pytest.approx(p, abs=1e-9)
+    # hand count, pair 1: TOP, 4 nodes... pred 7 triples (3 instances + TOP + 3 edges), gold 8; 6 match
+    assert counts[0] == (6, 7, 8)
+
+
+def test_ilp_matches_smatchpp_printer_and_is_deterministic():
+    from smatchpp import Smatchpp, eval_statistics, solvers
+    from smatchpp.formalism.amr import tools as amrtools
+
+    ours, _ = smatch_ilp(PRED, GOLD)
+    ref = Smatchpp(
+        alignmentsolver=solvers.ILP(),
+        graph_standardizer=amrtools.AMRStandardizer(),
+        printer=eval_statistics.ResultPrinter(score_type="micro", do_bootstrap=False, output_format="json"),
+    )
+    res, _ = ref.score_corpus(PRED, GOLD)
+    assert 100 * ours.f1 == pytest.approx(float(res["main"]["F1"]["result"]), abs=0.01)
+    assert smatch_ilp(PRED, GOLD)[0].f1 == ours.f1
+    assert ours.ci[0] <= ours.f1 <= ours.ci[1]
+
+
+def test_identical_graphs_score_one_everywhere():
+    gs = [parse_graph(s) for s in GOLD]
+    e = evaluate(gs, gs)
+    assert e.snowblink.f1 == 1.0 and e.ilp.f1 == 1.0
+    assert e.subscores["Negations"].f1 == 1.0 and e.subscores["Wikification"].f1 == 1.0
+    assert all(v in (None, 1.0) for v in e.positions["nodes"] + e.positions["edges"])
+
+
+def test_subscores_on_hand_graphs():
+    e = evaluate([parse_graph(s) for s in PRED], [parse_graph(s) for s in GOLD])
+    s = e.subscores
+    assert s["Negations"].recall == 0.0  # the only negated concept (go-01) lost its :polarity
+    assert s["Wikification"].recall == 0.0 and s["Wikification"].precision == 0.0
+    assert s["Frames"].f1 == pytest.approx(2 / 3)  # want-01, go-01 right; run-01 vs run-02 wrong
+    assert s["No WSD"].f1 == 1.0  # senses ignored
+    assert s["Named Ent."].f1 == 1.0
+    # SRL: gold ARG0(w,b) ARG1(w,g) ARG0(g,b) ARG0(r,p); pred ARG0(w,b) ARG1(w,g) ARG1(g,b) ARG0(r,p)
+    assert s["SRL"].f1 == pytest.approx(3 / 4)
+    assert s["Reentrancies"].recall == pytest.approx(1 / 2)  # boy: ARG0 of want kept, ARG0 of go lost
+
+
+def test_positions_find_errors_at_the_end():
+    gold = parse_graph("(a / a :op1 (b / b) :op2 (c / c) :op3 (d / d) :op4 (e / e) :op5 (f / zz))")
+    pred = parse_graph("(a / a :op1 (b / b) :op2 (c / c) :op3 (d / d) :op4 (e / e) :op5 (f / yy))")
+    pos = evaluate([pred], [gold]).positions["nodes"]
+    assert len(pos) == BINS
+    known = [v for v in pos if v is not None]
+    assert known[-1] == 0.0 and all(v == 1.0 for v in known[:-1])

@@ -1,0 +1,35 @@
+"""The reproduction's tables and verdicts, from synthetic per-seed rows (the model runs are tested elsewhere)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lmlab.wicl import reproduce as rep
+
+
+def test_report_and_verdicts(monkeypatch, tmp_path):
+    rng = np.random.default_rng(0)
+
+    def fake_run_task(lm, task, cfg, out=None, log=None):
+        if not cfg.search:  # indicator study rows
+            rows = []
+            for s in cfg.seeds:
+                acc = rng.uniform(0.5, 0.9, 9).tolist()
+                ind = {"msp_span": acc, "msp_last_token": rng.uniform(0, 1, 9).tolist(), "validate": acc[::-1]}
+                rho = {"msp_span": 0.9 + 0.01 * s % 3, "msp_last_token": 0.1 * (s % 2), "validate": -0.5}
+                rows.append({"task": task.name, "seed": s, "indicator_study": {"skm": {"acc": acc, **ind, "rho": rho}}})
+            return rows
+        return [
+            {"task": task.name, "seed": s, "icl_acc": 0.6, "skm": {"acc": 0.6 + 0.05 + 0.001 * s}, "saw": {"acc": 0.6}}
+            for s in cfg.seeds
+        ]
+
+    monkeypatch.setattr(rep, "run_task", fake_run_task)
+    monkeypatch.setattr(rep, "load_lm", lambda model: None)
+    res = rep.reproduce(quick=True, out_dir=tmp_path)
+    v = {x["claim"]: x["holds"] for x in res["verdicts"]}
+    assert v["WICL (SKM, MSP beam search) beats uniform ICL by a large margin"] is True  # +5 points, tight CI
+    assert v["WICL (SAW, MSP beam search) beats uniform ICL by a large margin"] is False  # exactly 0: 2 points excluded
+    assert v["MSP correlates with ICL accuracy (SKM)"] is True
+    assert "Best-correlating indicator (SKM, pooled): msp_span" in res["markdown"]
+    assert len(res["per_task"]) == 2 * len(rep.QUICK["tasks"])
