@@ -196,7 +196,7 @@ def cached_features(
     returns the loaded model (needed to build the trainable top)."""
     tok, model = load_encoder(encoder, task_type)
     cfg = json.dumps(model.config.to_dict(), sort_keys=True, default=str)
-    wsum = float(sum(p.double().sum() for p in model.parameters()))  # different weights, different cache entry
+    wsum = float(sum(p.detach().double().sum() for p in model.parameters()))  # different weights, different cache entry
     key = hashlib.sha256(json.dumps([encoder, cfg, f"{wsum:.6e}", k, task_type, max_len, texts]).encode()).hexdigest()[
         :24
     ]
