@@ -21,7 +21,7 @@ def _ints(text: str, flag: str) -> list[int]:
         raise LmlabError(f"{flag} {text!r}: not a comma-separated list of integers", hint="e.g. 0,1,2") from None
 
 
-def _spec(benchmark: Optional[str], data: Optional[Path], tasks: Optional[int], cpt: Optional[int]):
+def _spec(benchmark: Optional[str], data: Optional[Path], tasks: Optional[int], cpt: Optional[int], files: str = ""):
     from dataclasses import replace
 
     from .data import file_spec, get_spec
@@ -33,6 +33,11 @@ def _spec(benchmark: Optional[str], data: Optional[Path], tasks: Optional[int], 
             raise LmlabError("--data needs --tasks and --classes-per-task", hint="e.g. --tasks 5 --classes-per-task 4")
         return file_spec(data, tasks, cpt)
     spec = get_spec(benchmark)
+    if files:
+        missing = [f for f in files.split(",") if not Path(f).exists()]
+        if missing:
+            raise LmlabError(f"--files: {missing[0]} not found", hint="comma-separated paths of the benchmark's files")
+        spec = replace(spec, path=files)
     if tasks or cpt:
         spec = replace(spec, num_tasks=tasks or spec.num_tasks, classes_per_task=cpt or spec.classes_per_task)
     return spec
@@ -42,6 +47,9 @@ def _spec(benchmark: Optional[str], data: Optional[Path], tasks: Optional[int], 
 def run(
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="hwu64 | clinc150 | fewrel16 | fewrel"),
     data: Optional[Path] = typer.Option(None, "--data", help=".jsonl/.csv/.tsv file of (text, label[, group]) rows"),
+    files: str = typer.Option(
+        "", "--files", help="The benchmark's own files elsewhere (fewrel: train_wiki.json,val_wiki.json for all 80)."
+    ),
     tasks: Optional[int] = typer.Option(None, "--tasks", help="Number of tasks (required with --data)."),
     classes_per_task: Optional[int] = typer.Option(None, "--classes-per-task"),
     method: str = typer.Option(
@@ -65,7 +73,7 @@ def run(
     from .run import run as run_orders
     from .summary import summarize
 
-    spec = _spec(benchmark, data, tasks, classes_per_task)
+    spec = _spec(benchmark, data, tasks, classes_per_task, files)
     m = parse_method(method)
     over = {"seed": seed} | ({"stage1_epochs": epochs, "stage2_epochs": epochs} if epochs else {})
     res = run_orders(spec, m, _ints(orders, "--orders"), out / spec.name.replace(":", "_"), Setup(encoder, train_layers, max_len),

@@ -27,3 +27,22 @@ def test_analogous_split():
     m = compute(tasks, y, preds, groups)
     assert m["acc_old_with_later_analog"] == 50.0 and m["acc_old_without_later_analog"] == 100.0
     assert m["analogous_error_share"] == 100.0  # the one error on an old class went to its analogue
+
+
+def test_paired_interval_and_verdict():
+    from lmlab.infocl.reproduce import _holds
+    from lmlab.infocl.summary import paired, summarize
+
+    res = [
+        {"benchmark": "b", "method": m, "order": o, "final_acc": acc, "seconds": 1.0}
+        for m, accs in (("x", [80.0, 82.0, 81.0]), ("y", [78.0, 79.0, 80.0]))
+        for o, acc in enumerate(accs)
+    ]
+    d = paired(res, "b", "x", "y")
+    assert d["diffs"] == [2.0, 3.0, 1.0] and d["mean"] == pytest.approx(2.0)
+    half = 4.303 * 1.0 / 3**0.5  # t_{0.975, 2} * sd / sqrt(n)
+    assert d["lo"] == pytest.approx(2.0 - half) and d["hi"] == pytest.approx(2.0 + half)
+    assert _holds(d, +1) is None  # the interval [-0.48, 4.48] includes 0: inconclusive
+    assert _holds({"lo": 0.5, "hi": 3.0}, +1) is True and _holds({"lo": 0.5, "hi": 3.0}, -1) is False
+    rows = summarize(res)
+    assert rows[0]["final acc"] == "81.0 ± 1.0"
