@@ -21,7 +21,7 @@ from lmlab.infocl.methods import parse_method
 from lmlab.infocl.train import Learner
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ddp_worker import HYPER, METHOD  # noqa: E402
+from infocl_ddp_worker import HYPER, METHOD  # noqa: E402
 
 from .toy import TASKS, hyper, net, toy  # noqa: E402
 
@@ -30,7 +30,7 @@ from .toy import TASKS, hyper, net, toy  # noqa: E402
 def test_two_cpu_processes_match_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(Path(__file__).parent / "ddp_worker.py"), str(tmp_path)]  # fmt: skip
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(Path(__file__).parent / "infocl_ddp_worker.py"), str(tmp_path)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
