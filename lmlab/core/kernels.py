@@ -73,7 +73,9 @@ def _build():
     from .paths import cache_dir
 
     flags = _flags()
-    key = _SOURCE.read_bytes() + torch.__version__.encode() + " ".join(flags).encode() + _host().encode()
+    # torch's folder too: its include paths are in the build file, so two environments sharing the cache would
+    # otherwise rebuild each other's copy in turn
+    key = _SOURCE.read_bytes() + f"{torch.__version__} {torch.__file__} {' '.join(flags)} {_host()}".encode()
     tag = hashlib.sha256(key).hexdigest()[:12]
     folder = cache_dir("ext", f"decode_kernels-{tag}")
     return load(

@@ -45,7 +45,7 @@ class Int8Linear(nn.Module):
             y = F.linear(x2, self.weight.to(x2.dtype)) * self.scales
         if self.bias is not None:
             y = y + self.bias
-        return y.reshape(*shape[:-1], self.out_features)
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)  # activations in, activations out
 
 
 def quantize_int8(model: nn.Module, act_dtype: torch.dtype = torch.bfloat16) -> nn.Module:

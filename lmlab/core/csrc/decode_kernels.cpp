@@ -49,7 +49,6 @@ constexpr int L = VB / 4;  // floats per vector
 
 typedef float vf __attribute__((vector_size(VB)));
 typedef int32_t vi __attribute__((vector_size(VB)));
-typedef uint32_t vu __attribute__((vector_size(VB)));
 typedef uint16_t vu16 __attribute__((vector_size(VB / 2)));
 typedef int8_t vi8 __attribute__((vector_size(VB / 4)));
 typedef uint8_t vu8 __attribute__((vector_size(VB / 4)));
@@ -111,10 +110,40 @@ inline float hsum(vf v) {
   return t[0];
 }
 
+// L narrow integers widened to 32-bit lanes. Intrinsics on x86: GCC 12 scalarises __builtin_convertvector from
+// 8-byte vectors (one vcvtsi2ss per lane), which made the 4-bit kernel 10x slower than its memory stream.
+inline vi widen(const int8_t* p) {
+#if defined(__AVX512F__)
+  return (vi)_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#elif defined(__AVX2__)
+  return (vi)_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+#else
+  return __builtin_convertvector(ld<vi8>(p), vi);
+#endif
+}
+inline vi widen(const uint8_t* p) {
+#if defined(__AVX512F__)
+  return (vi)_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#elif defined(__AVX2__)
+  return (vi)_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+#else
+  return __builtin_convertvector(ld<vu8>(p), vi);
+#endif
+}
+inline vi widen(const uint16_t* p) {
+#if defined(__AVX512F__)
+  return (vi)_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#elif defined(__AVX2__)
+  return (vi)_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#else
+  return __builtin_convertvector(ld<vu16>(p), vi);
+#endif
+}
+
 // Weights of a linear layer as L floats: fp32, bf16 (exact: the 16 bits become the high half) or int8 (exact).
 inline vf ld_w(const float* p) { return ld<vf>(p); }
-inline vf ld_w(const at::BFloat16* p) { return (vf)(__builtin_convertvector(ld<vu16>(p), vu) << 16); }
-inline vf ld_w(const int8_t* p) { return __builtin_convertvector(ld<vi8>(p), vf); }
+inline vf ld_w(const at::BFloat16* p) { return (vf)(widen(reinterpret_cast<const uint16_t*>(p)) << 16); }
+inline vf ld_w(const int8_t* p) { return __builtin_convertvector(widen(p), vf); }
 template <typename W>
 inline vf ld_w_part(const W* p, int64_t n) {  // the first n < L weights, the rest zero
   W t[L] = {};
@@ -135,10 +164,10 @@ inline void row_tiles(int64_t M, F&& f) {
   }
 }
 
-// Output rows per tile for MB input rows: MB x NR accumulators in about 3/4 of the vector registers (AVX2: 8, 6, 4, 3).
+// Output rows per tile for MB input rows: MB x NR accumulators plus MB inputs in registers, two spare (AVX2: 8, 6, 3, 2).
 template <int MB>
 constexpr int out_rows() {
-  return std::max(1, std::min(8, NREG * 3 / 4 / MB));
+  return std::max(1, std::min(8, (NREG - 2 - MB) / MB));
 }
 
 // ------------------------------------------------------------------------------------ dense linear, W as torch holds it
@@ -267,7 +296,7 @@ constexpr int col_vectors() {  // a power of two dividing VPB; MB x NV accumulat
 
 // 4-bit codes of columns [col, col + L) at input k (row r of the block): byte j < 16 holds column j in its low
 // nibble and column j + 16 in its high one; byte 16 + j columns 32 + j and 48 + j.
-inline vf ld_q4(const uint8_t* r, int off, int shift) { return __builtin_convertvector((ld<vu8>(r + off) >> shift) & 15, vf); }
+inline vf ld_q4(const uint8_t* r, int off, int shift) { return __builtin_convertvector((widen(r + off) >> shift) & 15, vf); }
 
 // q [K, 32] bytes and dm [K/32, 2, 64] fp16 (scales d, offsets m) of one block, from column c0 on;
 // y = sum_g d_g (x_g . q_g) + m_g sum(x_g), xs: the per-group input sums.
