@@ -60,7 +60,11 @@ inline V ld(const T* p) {  // unaligned load (memcpy compiles to one vector load
   return v;
 }
 inline void st(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
-inline vf splat(float a) { return vf{} + a; }
+inline vf splat(float a) {  // (not vf{} + a: 0.0f + -0.0f is +0.0f)
+  vf v;
+  for (int i = 0; i < L; ++i) v[i] = a;
+  return v;
+}
 inline vf ld_part(const float* p, int64_t n) {  // the first n < L floats, the rest zero
   vf v = {};
   std::memcpy(&v, p, n * sizeof(float));
@@ -275,7 +279,7 @@ inline void silu_mul(const float* g, const float* u, float* out, int64_t n) {
   for (int64_t i = 0; i < n; i += L) {
     const int64_t left = std::min<int64_t>(L, n - i);
     const vf gv = ld_part(g + i, left), uv = ld_part(u + i, left);
-    const vf e = exp_neg((vf)((vi)gv | (vi)splat(-0.0f)));  // -|g|
+    const vf e = exp_neg((vf)((vi)gv | INT32_MIN));  // -|g|: the sign bit set
     const vf inv = 1.0f / (1.0f + e);
     const vf sig = select(gv >= 0.0f, inv, e * inv);
     st_part(out + i, gv * sig * uv, left);
