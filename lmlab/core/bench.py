@@ -34,11 +34,10 @@ DTYPES = {
     "int8": torch.bfloat16,
     "float32-nokernels": torch.float32,
     "bf16-weights": torch.float32,
-    "int8-fp32": torch.float32,
-    "q8-weights": torch.float32,
-    "q4-weights": torch.float32,
 }
-"""Configurations by name (native side only for the last six): "int8" is weight-only int8 with bf16 activations
+EXTRA = {"int8-fp32": torch.float32, "q8-weights": torch.float32, "q4-weights": torch.float32}
+"""Configurations by name (EXTRA: rows of `bench decode` only, not labelled by the quick report; native side only for
+the last six): "int8" is weight-only int8 with bf16 activations
 (torch's `_weight_int8pack_mm`), "float32-nokernels" is fp32 through torch's own ops (LMLAB_KERNELS=0), "bf16-weights"
 is weight-only bf16 with fp32 activations through lmlab's kernels, "int8-fp32" is `--quant int8 --dtype float32`
 (per-channel int8 codes through lmlab's kernels), "q8-weights" / "q4-weights" stream every projection and the LM head
@@ -59,7 +58,7 @@ def _measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, rep
     tok = load_tokenizer(resolve(model))
     prompts = [encode_chat(tok, [{"role": "user", "content": p}]) for p in (PROMPTS * batch)[:batch]]
     if impl == "native":
-        lm = load_model(model, dtype=DTYPES[dtype], quant=QUANT.get(dtype))
+        lm = load_model(model, dtype={**DTYPES, **EXTRA}[dtype], quant=QUANT.get(dtype))
         if dtype in PACKED:
             from .model import set_weight_dtype
 
