@@ -37,10 +37,15 @@ DTYPES = {
     "float32-nokernels": torch.float32,
     "bf16-weights": torch.float32,
 }
-"""Configurations by name (native side only for the last three): "int8" is weight-only int8 with bf16 activations,
-"float32-nokernels" is fp32 through torch's own ops (LMLAB_KERNELS=0), "bf16-weights" is weight-only bf16 with fp32
-activations through lmlab's kernels."""
-QUANT = {"int8": "int8", "bf16-weights": "bf16"}
+EXTRA = {"int8-fp32": torch.float32, "q8-weights": torch.float32, "q4-weights": torch.float32}
+"""Configurations by name (EXTRA: rows of `bench decode` only, not labelled by the quick report; native side only for
+the last six): "int8" is weight-only int8 with bf16 activations
+(torch's `_weight_int8pack_mm`), "float32-nokernels" is fp32 through torch's own ops (LMLAB_KERNELS=0), "bf16-weights"
+is weight-only bf16 with fp32 activations through lmlab's kernels, "int8-fp32" is `--quant int8 --dtype float32`
+(per-channel int8 codes through lmlab's kernels), "q8-weights" / "q4-weights" stream every projection and the LM head
+as GGUF-style Q8_0 / Q4_1 groups (the self-draft's formats; measured here, not a `--quant` mode yet)."""
+QUANT = {"int8": "int8", "bf16-weights": "bf16", "int8-fp32": "int8"}
+PACKED = {"q8-weights": "q8", "q4-weights": "q4"}  # Linear.pack_dtype for every projection and the LM head
 
 
 def _measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, repeats: int, q: mp.Queue) -> None:
@@ -55,9 +60,19 @@ def _measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, rep
     tok = load_tokenizer(resolve(model))
     prompts = [encode_chat(tok, [{"role": "user", "content": p}]) for p in (PROMPTS * batch)[:batch]]
     if impl == "native":
-        lm = load_model(model, dtype=DTYPES[dtype], quant=QUANT.get(dtype))
+        lm = load_model(model, dtype={**DTYPES, **EXTRA}[dtype], quant=QUANT.get(dtype))
+        if dtype in PACKED:
+            from .model import set_weight_dtype
+
+            set_weight_dtype(lm.model, PACKED[dtype], exact=False)
         params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
         run = lambda: generate(lm.model, lm.tokenizer, prompts, params)  # noqa: E731
+    elif impl == "llama.cpp":
+        try:
+            run = _llama_cpp_runner(model, prompts, new_tokens)
+        except RuntimeError as e:
+            q.put({"skipped": str(e)})
+            return
     else:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
@@ -86,7 +101,40 @@ def _measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, rep
             t0 = time.perf_counter()
             run()
             best = min(best, time.perf_counter() - t0)
-    q.put({"tokens_per_s": batch * new_tokens / best, "peak_rss_mb": peak_rss_mb()})
+    from . import kernels
+
+    q.put({"tokens_per_s": batch * new_tokens / best, "peak_rss_mb": peak_rss_mb(), "kernels": kernels.isa()})
+
+
+def _llama_cpp_runner(model: str, prompts: list[list[int]], new_tokens: int):
+    """llama.cpp (the optional `llama-cpp-python` package) decoding the model's own GGUF file greedily, one prompt at a
+    time (it has no batched generate), on as many threads as torch uses. Raises RuntimeError with the reason."""
+    try:
+        from llama_cpp import Llama
+    except ImportError as e:
+        raise RuntimeError("llama-cpp-python is not installed (pip install llama-cpp-python)") from e
+    from .loader import ALIASES
+
+    src = ALIASES.get(model)
+    gguf = Path(src()) if callable(src) else Path(model)
+    if gguf.suffix != ".gguf" or not gguf.exists():
+        raise RuntimeError(f"{model} has no GGUF file to give llama.cpp")
+    llm = Llama(
+        model_path=str(gguf),
+        n_ctx=max(len(p) for p in prompts) + new_tokens + 8,
+        n_threads=torch.get_num_threads(),
+        n_batch=512,
+        verbose=False,
+    )
+
+    def run():
+        for p in prompts:
+            llm.reset()
+            for i, _ in enumerate(llm.generate(p, top_k=1, temp=0.0, reset=True)):
+                if i + 1 >= new_tokens:  # EOS ignored, as on the other rows
+                    break
+
+    return run
 
 
 def peak_rss_mb() -> float:
@@ -147,7 +195,10 @@ def run_decode_bench(
     """Rows per (batch, native dtype, HF dtype). Default pairs: each side's default dtype on this machine
     (native 'auto' = fp32 where lmlab's CPU kernels run, else bf16 where the CPU has native bf16; HF fp32), then
     both fp32, native fp32 without lmlab's kernels (the baseline they are measured against), native weight-only
-    bf16, both bf16, then native weight-only int8 (opt-in, not bit-exact) against HF fp32."""
+    bf16, both bf16, then the opt-in weight-only modes (not bit-exact: int8 with bf16 and with fp32 activations,
+    Q8_0 and Q4_1 groups) against HF fp32, and at batch 1 llama.cpp on the same GGUF file (skipped, with the reason,
+    where llama-cpp-python is not installed). Each HF configuration is measured once per batch size; every row
+    gives its process's peak RSS."""
     from .backends import auto_dtype
     from .loader import resolve
 
@@ -162,17 +213,29 @@ def run_decode_bench(
                 ("bf16-weights", "float32"),
                 ("bfloat16", "bfloat16"),
                 ("int8", "float32"),
+                ("int8-fp32", "float32"),
+                ("q8-weights", "float32"),
+                ("q4-weights", "float32"),
+                ("llama.cpp", "float32"),
             ]
         )
     )
     rows = []
     print(
-        f"{'batch':>5} {'native':>9} {'hf':>9} {'native tok/s':>13} {'hf tok/s':>9} {'speedup':>8} {'rss MB':>7} {'hf rss MB':>9}"
+        f"{'batch':>5} {'native':>17} {'hf':>9} {'native tok/s':>13} {'hf tok/s':>9} {'speedup':>8} {'rss MB':>7} {'hf rss MB':>9}"
     )
     for batch in batches:
+        hf: dict[str, dict] = {}
         for nd, hd in pairs:
-            n = measure("native", model, nd, batch, new_tokens, repeats)
-            h = measure("hf", model, hd, batch, new_tokens, repeats)
+            impl = "llama.cpp" if nd == "llama.cpp" else "native"
+            if impl == "llama.cpp" and batch != 1:
+                continue  # one sequence at a time: its batch-1 figure is the comparison
+            n = measure(impl, model, nd, batch, new_tokens, repeats)
+            if "skipped" in n:
+                rows.append({"model": model, "batch": batch, "native_dtype": nd, "skipped": n["skipped"]})
+                print(f"{batch:>5} {nd:>17} skipped: {n['skipped']}", flush=True)
+                continue
+            h = hf.get(hd) or hf.setdefault(hd, measure("hf", model, hd, batch, new_tokens, repeats))
             row = {
                 "model": model,
                 "batch": batch,
@@ -186,10 +249,11 @@ def run_decode_bench(
                 "hf_peak_rss_mb": round(h["peak_rss_mb"], 1),
                 "threads": torch.get_num_threads(),
                 "cpu": platform.processor() or platform.machine(),
+                "kernels": n.get("kernels"),
             }
             rows.append(row)
             print(
-                f"{batch:>5} {nd:>9} {hd:>9} {row['native_tokens_per_s']:>13.1f} {row['hf_tokens_per_s']:>9.1f} "
+                f"{batch:>5} {nd:>17} {hd:>9} {row['native_tokens_per_s']:>13.1f} {row['hf_tokens_per_s']:>9.1f} "
                 f"{row['speedup_vs_hf']:>7.2f}x {row['peak_rss_mb']:>7.0f} {row['hf_peak_rss_mb']:>9.0f}",
                 flush=True,
             )

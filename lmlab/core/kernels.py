@@ -1,16 +1,19 @@
-"""Native CPU kernels for decoding: batch-invariant linear layer and attention (`csrc/decode_kernels.cpp`).
+"""Native CPU kernels for decoding: batch-invariant linear layers, attention and RMSNorm (`csrc/decode_kernels.cpp`).
 
-Why hand-written: decoding 1-16 tokens is bound by streaming the weights, and on this class of machine MKL's
-small-M SGEMM streams them at ~11 GB/s of a ~30 GB/s bus (and at half that for 2 rows). The kernel streams
-packed [N/64, K, 64] blocks at 27-32 GB/s for 1-4 rows, so plain decoding is ~2.5x faster in its linear
-layers and a 4-token verification pass costs about what a 1-token step does. Every output element is one
-FMA chain over K in order, whatever the row count and the row's place, so a k-token pass gives bit-identical
-rows to k single-token passes. Attention likewise: each query sums over exactly the cached keys it may see, in
-cache order, so a lone step, a row of a causal block and a node of a draft tree get the same bits. Together
-greedy speculative decoding is lossless by construction (tests/core/test_kernels.py checks it bit for bit).
+Why hand-written: decoding 1-16 tokens is bound by streaming the weights, and torch's small-M GEMM streams them well
+below the memory bus's rate (on a 2-core AVX2 EPYC, fp32 batch-1 decoding through it runs at 28 % of the bound set
+by 21.8 GB/s). More important, it sums a lone row (GEMV) and a block of rows in different orders. Here every output
+element is one fixed chain over K, whatever the row count, the row's place and the thread count, so a k-token pass
+gives bit-identical rows to k single-token passes. Attention likewise: each query sums over exactly the cached keys
+it may see, in cache order, so a lone step, a row of a causal block and a node of a draft tree get the same bits.
+Together greedy speculative decoding is lossless by construction (tests/core/test_kernels.py checks it bit for bit).
 
-Built on first use with torch's C++ extension loader (~30 s, cached under the lmlab cache); needs AVX-512
-(F, BW, VL). Without it, or with LMLAB_KERNELS=0, `enabled()` is False and models use `F.linear`.
+One portable source, written with GCC/Clang vector extensions and built on first use for the host (`-march=native`
+on x86-64, plain -O3 on arm64, where NEON is the baseline; ~30 s, cached under the lmlab cache, keyed by source,
+torch version, flags and host CPU so that a build from another CPU is never loaded). Vectors are 16 floats with
+AVX-512, 8 with AVX2 + FMA, 4 with NEON. Results are deterministic and batch-invariant on each ISA; the bits differ
+between ISAs (other lane counts, other partial sums), as they do between any two BLAS builds. Off (models use torch's
+ops) on CPUs with none of these, where the build fails, or with LMLAB_KERNELS=0.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -25,22 +31,40 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-COLS = 64  # output columns per packed block: 4 AVX-512 vectors of fp32
+COLS = 64  # output columns per packed block of the 4- and 8-bit draft formats
 MAX_ROWS = 128  # rows per kernel call; longer prompts are prefilled in pieces of this size (engine.chunked_forward)
 _SOURCE = Path(__file__).parent / "csrc" / "decode_kernels.cpp"
 _EXT = None
 _TRIED = False
 
 
-def _cpu_flags() -> set[str]:
+def _host() -> str:
+    """What identifies this CPU for the build cache: the architecture and its feature flags (a `-march=native` build
+    from a CPU with other features may not run here, or may run slower)."""
+    machine = platform.machine().lower()
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return machine + ":" + " ".join(sorted(line.split(":", 1)[1].split()))
     except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        pass
+    try:  # macOS
+        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
+        return machine + ":" + out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return machine + ":" + platform.processor()
+
+
+def _flags() -> list[str]:
+    """-O3 and the host's vector ISA; -ffp-contract=off: only the kernels' explicit FMAs fuse, so the order and
+    rounding of every sum is the source's, on every compiler. -fopenmp: at::parallel_for is a header template that
+    runs serially unless the extension itself is built with OpenMP (Apple's clang has none: one thread there)."""
+    flags = ["-O3", "-ffp-contract=off"]
+    if platform.machine().lower() in ("x86_64", "amd64", "i686"):
+        flags.append("-march=native")
+    if sys.platform != "darwin":
+        flags.append("-fopenmp")
+    return flags
 
 
 def _build():
@@ -48,17 +72,18 @@ def _build():
 
     from .paths import cache_dir
 
-    # -fopenmp: at::parallel_for is a header template that runs serially unless the extension itself is built
-    # with OpenMP; without it every kernel ran on one core (linear layers stream 37 GB/s on one core, 52 on two)
-    flags = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp"]
-    tag = hashlib.sha256(_SOURCE.read_bytes() + torch.__version__.encode() + " ".join(flags).encode()).hexdigest()[:12]
+    flags = _flags()
+    # torch's folder too: its include paths are in the build file, so two environments sharing the cache would
+    # otherwise rebuild each other's copy in turn
+    key = _SOURCE.read_bytes() + f"{torch.__version__} {torch.__file__} {' '.join(flags)} {_host()}".encode()
+    tag = hashlib.sha256(key).hexdigest()[:12]
     folder = cache_dir("ext", f"decode_kernels-{tag}")
     return load(
         f"lmlab_decode_kernels_{tag}",
         [str(_SOURCE)],
         build_directory=str(folder),
         extra_cflags=flags,
-        extra_ldflags=["-fopenmp"],
+        extra_ldflags=["-fopenmp"] if "-fopenmp" in flags else [],
         verbose=False,
     )
 
@@ -71,18 +96,25 @@ def extension():
     _TRIED = True
     if os.environ.get("LMLAB_KERNELS", "1") == "0":
         return None
-    if not {"avx512f", "avx512bw", "avx512vl"} <= _cpu_flags():
-        log.info("lmlab kernels off: this CPU lacks AVX-512")
-        return None
     try:
-        _EXT = _build()
-    except Exception as e:  # no compiler, no ninja: fall back to F.linear, slower but identical in meaning
+        ext = _build()
+    except Exception as e:  # no compiler, no ninja: fall back to torch's ops, slower but identical in meaning
         log.warning(
             "lmlab kernels off: building %s failed (%s)",
             _SOURCE.name,
             str(e).splitlines()[0] if str(e) else type(e).__name__,
         )
+        return None
+    if ext.isa().startswith("generic"):  # no vector FMA (x86 before AVX2): torch's own kernels are faster there
+        log.info("lmlab kernels off: this CPU has neither AVX2+FMA, AVX-512 nor NEON")
+        return None
+    _EXT = ext
     return _EXT
+
+
+def isa() -> str | None:
+    """The vector ISA the kernels were built for ("avx2 (8 fp32 lanes)", ...), or None when they are off."""
+    return None if extension() is None else _EXT.isa()
 
 
 def enabled() -> bool:
@@ -116,19 +148,16 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 
 def pack(weight: Tensor, dtype: torch.dtype) -> Tensor:
-    """[N, K] -> [ceil(N/64), K, 64] in `dtype` (fp32 or bf16), zero-padded columns: one contiguous stream per block."""
-    n, k = weight.shape
-    blocks = (n + COLS - 1) // COLS
-    w = weight.detach().to(dtype)
-    if blocks * COLS != n:
-        w = torch.cat([w, w.new_zeros(blocks * COLS - n, k)])
-    return w.view(blocks, COLS, k).transpose(1, 2).contiguous()
+    """The kernel's form of a weight [N, K]: itself (fp32, no copy when contiguous) or a contiguous copy in `dtype`
+    (bf16, or int8 codes). The kernel reads torch's own [N, K] layout, so fp32 and int8 models carry no second copy."""
+    return weight.detach().to(dtype).contiguous()
 
 
-def packed_linear(x: Tensor, packed: Tensor, n: int, bias: Tensor | None) -> Tensor:
-    """x [..., K] fp32 -> [..., n] through the kernel (callers check `enabled()` and the row limit)."""
+def packed_linear(x: Tensor, packed: Tensor, n: int, bias: Tensor | None, scale: Tensor | None = None) -> Tensor:
+    """x [..., K] fp32 -> (x . W^T) * scale + bias [..., n] through the kernel; W [n, K] fp32, bf16 or int8 (int8
+    needs `scale`, fp32 [n]). Callers check `enabled()` and the row limit."""
     shape = x.shape
-    y = _EXT.packed_linear(x.reshape(-1, shape[-1]).contiguous(), packed, n, bias)
+    y = _EXT.packed_linear(x.reshape(-1, shape[-1]).contiguous(), packed, n, bias, scale)
     return y.view(*shape[:-1], n)
 
 

@@ -110,9 +110,9 @@ class KVCache:
 class Linear(nn.Linear):
     """nn.Linear that runs inference on CPU through lmlab's packed, batch-invariant kernel (lmlab.core.kernels).
 
-    Used for fp32 activations, no autograd and at most `kernels.MAX_ROWS` rows; otherwise plain F.linear. The
-    packed copy is made on first use and remade whenever the weight changes (its version counter moves), so
-    training and then decoding stays correct. `pack_dtype = torch.bfloat16` streams bf16 weights (weight-only
+    Used for fp32 activations, no autograd and at most `kernels.MAX_ROWS` rows; otherwise plain F.linear. fp32
+    weights are read in place; other forms (bf16, 4-/8-bit) are made on first use and remade whenever the weight
+    changes (its version counter moves), so training and then decoding stays correct. `pack_dtype = torch.bfloat16` streams bf16 weights (weight-only
     bf16, set by `Transformer.set_weight_dtype`); `kernels.Q4` / `kernels.Q8` stream 4- / 8-bit group-quantized ones (drafts only).
     """
 
@@ -231,7 +231,8 @@ class Block(nn.Module):
             return list(p) if isinstance(p, tuple) else [p]
 
         B, T = x.shape[:2]
-        fn = kernels.draft_block if a.wqkv.pack_dtype == kernels.Q4 else kernels.decoder_block  # a 4-bit self-draft
+        q4 = getattr(a.wqkv, "pack_dtype", None) == kernels.Q4  # a 4-bit self-draft (int8 layers have no pack_dtype)
+        fn = kernels.draft_block if q4 else kernels.decoder_block
         return fn(
             x,
             self.attn_norm.weight,

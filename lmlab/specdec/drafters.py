@@ -195,11 +195,19 @@ def quantized_self_draft(target: Transformer) -> Transformer:
     packed copies are new, ~0.6 byte per weight). Its numbers differ from the target's (quantization, summation
     order), so it only proposes; the target verifies. Where the checkpoint itself came from such a file (the
     embedded SmolLM2: Q4_1 projections, a Q8_0 embedding) the codes are the file's own and the draft disagrees only
-    where rounding flips a near-tie."""
+    where rounding flips a near-tie.
+
+    Where lmlab's kernels are off (LMLAB_KERNELS=0, no compiler), the draft is the target with weight-only int8
+    layers on torch's `_weight_int8pack_mm` (bf16 compute, `core.quant`): any CPU has it, its draft is not the 4-bit
+    one, and verification keeps the output the target's own either way."""
     with torch.device("meta"):
         draft = Transformer(target.cfg)
     draft.load_state_dict(target.state_dict(), assign=True)
     draft.reset_rope()
+    if not kernels.enabled():
+        from ..core.quant import quantize_int8
+
+        return quantize_int8(draft, torch.bfloat16).eval()
     for m in draft.layers.modules():
         if isinstance(m, Linear):
             m.pack_dtype = kernels.Q4

@@ -1,59 +1,158 @@
-// Batch-invariant CPU decoding kernels: small-M linear y[M,N] = x[M,K] . W[N,K]^T (+ b), and attention.
+// Batch-invariant CPU decoding kernels: small-M linear y[M,N] = x[M,K] . W[N,K]^T (+ b), attention, RMSNorm and
+// whole decoder blocks, written once for every CPU with GCC/Clang vector extensions.
 //
-// Why hand-written (see lmlab/core/kernels.py): (1) MKL's SGEMM for 1-16 rows streams the weights at a third
-// of this machine's memory bandwidth, while decoding is bound by exactly that stream; (2) MKL sums a lone row
-// (GEMV) and a block of rows in different orders, so a draft-verification pass over k tokens is not
-// bit-identical to k single-token steps. Here every output element is one FMA chain over k = 0..K-1 in order,
-// then + bias, whatever M is and wherever the row sits: speculative decoding is lossless by construction.
+// Why hand-written (see lmlab/core/kernels.py): (1) torch's GEMM for 1-16 rows streams the weights well below this
+// machine's memory bandwidth, while decoding is bound by exactly that stream; (2) it sums a lone row (GEMV) and a
+// block of rows in different orders, so a draft-verification pass over k tokens is not bit-identical to k
+// single-token steps. Here every output element is one fixed chain of FMAs, whatever M is, wherever the row sits and
+// however many threads run: speculative decoding is lossless by construction.
 //
-// Weights are packed once as [ceil(N/64), K, 64] (fp32 or bf16): a 64-column block is one contiguous stream,
-// 16 output columns per AVX-512 lane vector, so there is no horizontal reduction at all.
+// Portability: `vf` is a vector of L floats, L = 16 (AVX-512), 8 (AVX2 + FMA) or 4 (NEON, and a plain fallback),
+// chosen from the flags the host compiler sets for `-march=native` / `-mcpu=native`. The only ISA-specific code is
+// one tiny helper each for FMA and fp16 -> fp32. Built with -ffp-contract=off and without -ffast-math: the compiler
+// may not fuse, reorder or reassociate anything, so the results are deterministic and batch-invariant on each ISA.
+// The bits differ between ISAs (L differs, so the lane partial sums do), never between batch sizes on one.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
-#include <immintrin.h>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+#if defined(__ARM_NEON) || defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
 namespace {
 
-constexpr int64_t COLS = 64;
+#if defined(__AVX512F__)
+constexpr int VB = 64, NREG = 32;  // vector bytes, vector registers
+constexpr const char* ISA = "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int VB = 32, NREG = 16;
+constexpr const char* ISA = "avx2";
+#elif defined(__ARM_NEON) || defined(__aarch64__)
+constexpr int VB = 16, NREG = 32;
+constexpr const char* ISA = "neon";
+#else
+constexpr int VB = 16, NREG = 16;
+constexpr const char* ISA = "generic";  // correct everywhere, but std::fma per lane: kernels.py turns this off
+#endif
+constexpr int L = VB / 4;  // floats per vector
 
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const at::BFloat16* p) {  // bf16 -> fp32 is exact: the 16 bits become the high half
-  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+typedef float vf __attribute__((vector_size(VB)));
+typedef int32_t vi __attribute__((vector_size(VB)));
+typedef uint16_t vu16 __attribute__((vector_size(VB / 2)));
+typedef int8_t vi8 __attribute__((vector_size(VB / 4)));
+typedef uint8_t vu8 __attribute__((vector_size(VB / 4)));
+
+template <typename V, typename T>
+inline V ld(const T* p) {  // unaligned load (memcpy compiles to one vector load)
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+inline void st(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
+inline vf splat(float a) {  // (not vf{} + a: 0.0f + -0.0f is +0.0f)
+  vf v;
+  for (int i = 0; i < L; ++i) v[i] = a;
+  return v;
+}
+inline vf ld_part(const float* p, int64_t n) {  // the first n < L floats, the rest zero
+  vf v = {};
+  std::memcpy(&v, p, n * sizeof(float));
+  return v;
+}
+inline void st_part(float* p, vf v, int64_t n) { std::memcpy(p, &v, std::min<int64_t>(n, L) * sizeof(float)); }
+
+// a * b + c with one rounding: the only FMA in this file (-ffp-contract=off forbids implicit ones).
+inline vf fmadd(vf a, vf b, vf c) {
+#if defined(__AVX512F__)
+  return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__AVX2__) && defined(__FMA__)
+  return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#elif defined(__ARM_NEON) || defined(__aarch64__)
+  return (vf)vfmaq_f32((float32x4_t)c, (float32x4_t)a, (float32x4_t)b);
+#else
+  vf r;
+  for (int i = 0; i < L; ++i) r[i] = std::fma(a[i], b[i], c[i]);
+  return r;
+#endif
 }
 
-// MB rows of x against one packed 64-column block; accumulators stay in registers (MB x 4 zmm).
-template <typename W, int MB>
-inline void tile(const float* x, int64_t ldx, const W* wp, int64_t K, const float* bias, float* y, int64_t ldy, int64_t ncols) {
-  __m512 acc[MB][4];
-  for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; ++k) {
-    const W* r = wp + k * COLS;
-    __m512 w0 = load16(r), w1 = load16(r + 16), w2 = load16(r + 32), w3 = load16(r + 48);
-    for (int i = 0; i < MB; ++i) {
-      __m512 xb = _mm512_set1_ps(x[i * ldx + k]);
-      acc[i][0] = _mm512_fmadd_ps(xb, w0, acc[i][0]);
-      acc[i][1] = _mm512_fmadd_ps(xb, w1, acc[i][1]);
-      acc[i][2] = _mm512_fmadd_ps(xb, w2, acc[i][2]);
-      acc[i][3] = _mm512_fmadd_ps(xb, w3, acc[i][3]);
-    }
-  }
-  for (int j = 0; j < 4; ++j) {
-    const int64_t left = ncols - 16 * j;
-    if (left <= 0) break;
-    const __mmask16 m = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
-    const __m512 b = bias ? _mm512_maskz_loadu_ps(m, bias + 16 * j) : _mm512_setzero_ps();
-    for (int i = 0; i < MB; ++i) {
-      __m512 v = bias ? _mm512_add_ps(acc[i][j], b) : acc[i][j];
-      _mm512_mask_storeu_ps(y + i * ldy + 16 * j, m, v);
-    }
-  }
+// L fp16 values -> fp32 (exact on every ISA).
+inline vf ld_half(const at::Half* p) {
+#if defined(__AVX512F__)
+  return (vf)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#elif defined(__AVX2__) && defined(__F16C__)
+  return (vf)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#elif (defined(__ARM_NEON) || defined(__aarch64__)) && defined(__ARM_FP16_FORMAT_IEEE)
+  return (vf)vcvt_f32_f16(vld1_f16(reinterpret_cast<const float16_t*>(p)));
+#else
+  vf r;
+  for (int i = 0; i < L; ++i) r[i] = static_cast<float>(p[i]);
+  return r;
+#endif
+}
+
+inline vf select(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }  // m ? a : b, lanewise
+inline vf vmax(vf a, vf b) { return select(a > b, a, b); }
+
+// Sum of the lanes in one fixed (pairwise) order.
+inline float hsum(vf v) {
+  float t[L];
+  std::memcpy(t, &v, sizeof(t));
+  for (int w = L / 2; w >= 1; w /= 2)
+    for (int i = 0; i < w; ++i) t[i] += t[i + w];
+  return t[0];
+}
+
+// L narrow integers widened to 32-bit lanes. Intrinsics on x86: GCC 12 scalarises __builtin_convertvector from
+// 8-byte vectors (one vcvtsi2ss per lane), which made the 4-bit kernel 10x slower than its memory stream.
+inline vi widen(const int8_t* p) {
+#if defined(__AVX512F__)
+  return (vi)_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#elif defined(__AVX2__)
+  return (vi)_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+#else
+  return __builtin_convertvector(ld<vi8>(p), vi);
+#endif
+}
+inline vi widen(const uint8_t* p) {
+#if defined(__AVX512F__)
+  return (vi)_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#elif defined(__AVX2__)
+  return (vi)_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+#else
+  return __builtin_convertvector(ld<vu8>(p), vi);
+#endif
+}
+inline vi widen(const uint16_t* p) {
+#if defined(__AVX512F__)
+  return (vi)_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#elif defined(__AVX2__)
+  return (vi)_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#else
+  return __builtin_convertvector(ld<vu16>(p), vi);
+#endif
+}
+
+// Weights of a linear layer as L floats: fp32, bf16 (exact: the 16 bits become the high half) or int8 (exact).
+inline vf ld_w(const float* p) { return ld<vf>(p); }
+inline vf ld_w(const at::BFloat16* p) { return (vf)(widen(reinterpret_cast<const uint16_t*>(p)) << 16); }
+inline vf ld_w(const int8_t* p) { return __builtin_convertvector(widen(p), vf); }
+template <typename W>
+inline vf ld_w_part(const W* p, int64_t n) {  // the first n < L weights, the rest zero
+  W t[L] = {};
+  std::memcpy(t, p, n * sizeof(W));
+  return ld_w(static_cast<const W*>(t));
 }
 
 // Rows in tiles of 4, then a tile of the 1-3 left over: calls f(std::integral_constant<int, MB>, first_row).
@@ -69,41 +168,77 @@ inline void row_tiles(int64_t M, F&& f) {
   }
 }
 
-// The optional fp32 bias [N] of a linear layer, checked (nullptr when absent).
-inline const float* bias_of(const c10::optional<torch::Tensor>& b, int64_t N) {
-  if (!b.has_value() || !b->defined()) return nullptr;
-  TORCH_CHECK(b->scalar_type() == at::kFloat && b->is_contiguous() && b->numel() == N, "bias: fp32 [N]");
-  return b->data_ptr<float>();
+// Output rows per tile for MB input rows: MB x NR accumulators plus MB inputs in registers, two spare (AVX2: 8, 6, 3, 2).
+template <int MB>
+constexpr int out_rows() {
+  return std::max(1, std::min(8, (NREG - 2 - MB) / MB));
 }
 
-template <typename W>
-void run(const float* x, int64_t M, const W* wp, int64_t N, int64_t K, const float* bias, float* y) {
-  const int64_t blocks = (N + COLS - 1) / COLS;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n = b * COLS, ncols = std::min(COLS, N - n);
-      const W* w = wp + b * K * COLS;
-      const float* bb = bias ? bias + n : nullptr;
-      row_tiles(M, [&](auto mb, int64_t m) { tile<W, decltype(mb)::value>(x + m * K, K, w, K, bb, y + m * N + n, N, ncols); });
+// ------------------------------------------------------------------------------------ dense linear, W as torch holds it
+// y[i, n] for MB rows x NR output rows: lane l sums x[k] w[n, k] over k = l, l + L, ... (one FMA chain, in order,
+// tail lanes zero-padded), then the lanes are summed pairwise. Nothing depends on MB, NR or the thread.
+template <typename W, int MB, int NR>
+inline void dot_tile(const float* x, int64_t K, const W* w, float* out, int64_t ldo) {
+  vf acc[MB][NR] = {};
+  const int64_t Kv = K / L * L;
+  for (int64_t k = 0; k < Kv; k += L) {
+    vf wv[NR];
+    for (int r = 0; r < NR; ++r) wv[r] = ld_w(w + r * K + k);
+    for (int i = 0; i < MB; ++i) {
+      const vf xv = ld<vf>(x + i * K + k);
+      for (int r = 0; r < NR; ++r) acc[i][r] = fmadd(xv, wv[r], acc[i][r]);
     }
+  }
+  if (Kv < K) {
+    for (int i = 0; i < MB; ++i) {
+      const vf xv = ld_part(x + i * K + Kv, K - Kv);
+      for (int r = 0; r < NR; ++r) acc[i][r] = fmadd(xv, ld_w_part(w + r * K + Kv, K - Kv), acc[i][r]);
+    }
+  }
+  for (int i = 0; i < MB; ++i)
+    for (int r = 0; r < NR; ++r) out[i * ldo + r] = hsum(acc[i][r]);
+}
+
+// y = (x . W^T) * scale + bias, each optional (scale: int8 weights' per-output-channel scales).
+template <typename W>
+void run_dense(const float* x, int64_t M, const W* w, int64_t N, int64_t K, const float* scale, const float* bias, float* y) {
+  constexpr int64_t GRAIN = 8;  // output rows per task: 576 -> 72 tasks, balanced on any thread count
+  at::parallel_for(0, (N + GRAIN - 1) / GRAIN, 1, [&](int64_t t0, int64_t t1) {
+    const int64_t n0 = t0 * GRAIN, n1 = std::min(N, t1 * GRAIN);
+    row_tiles(M, [&](auto mb, int64_t m) {
+      constexpr int MB = decltype(mb)::value, NR = out_rows<MB>();
+      int64_t n = n0;
+      for (; n + NR <= n1; n += NR) dot_tile<W, MB, NR>(x + m * K, K, w + n * K, y + m * N + n, N);
+      for (; n < n1; ++n) dot_tile<W, MB, 1>(x + m * K, K, w + n * K, y + m * N + n, N);
+      for (int i = 0; i < MB; ++i) {
+        float* r = y + (m + i) * N;
+        if (scale)
+          for (int64_t j = n0; j < n1; ++j) r[j] *= scale[j];
+        if (bias)
+          for (int64_t j = n0; j < n1; ++j) r[j] += bias[j];
+      }
+    });
   });
 }
 
-// exp for x <= 0 (softmax after max-subtraction): Cody-Waite reduction, degree-6 polynomial, scalef. ~1 ulp.
+// ------------------------------------------------------------------------------------ exp, attention, RMSNorm, SiLU
+// exp for x <= 0 (softmax after max-subtraction): Cody-Waite reduction, degree-6 polynomial, exact 2^n. ~1 ulp.
 // Hand-written so that every path uses one elementwise function: the result never depends on a lane's place.
-inline __m512 exp_neg(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
+inline vf exp_neg(vf x) {
+  x = vmax(x, splat(-87.0f));
+  const vf t = x * 1.44269504088896341f;
+  const vf n = (t + 12582912.0f) - 12582912.0f;  // round to nearest even (|t| < 2^22; no fast-math may fold it)
+  vf r = fmadd(-n, splat(0.693359375f), x);
+  r = fmadd(-n, splat(-2.12194440e-4f), r);
+  vf p = splat(1.9875691500e-4f);
+  p = fmadd(p, r, splat(1.3981999507e-3f));
+  p = fmadd(p, r, splat(8.3334519073e-3f));
+  p = fmadd(p, r, splat(4.1665795894e-2f));
+  p = fmadd(p, r, splat(1.6666665459e-1f));
+  p = fmadd(p, r, splat(5.0000001201e-1f));
+  p = fmadd(p, r * r, r + 1.0f);
+  const vi e = (__builtin_convertvector(n, vi) + 127) << 23;  // 2^n, n in [-126, 0]: a normal float
+  return p * (vf)e;
 }
 
 // One query against its visible keys `idx[0..n)` (in cache order): softmax(q.k * scale) . v, D % 16 == 0.
@@ -111,33 +246,147 @@ inline __m512 exp_neg(__m512 x) {
 // whether it is a lone decoding step, a row of a causal block or a node of a draft tree.
 void attend_one(const float* q, const float* K, const float* V, int64_t D, const int64_t* idx, int64_t n, float scale,
                 float* s, float* out) {
-  const int64_t c = D / 16;
+  const int64_t c = D / L;
   float mx = -INFINITY;
   for (int64_t j = 0; j < n; ++j) {
     const float* k = K + idx[j] * D;
-    __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(k));
-    for (int64_t i = 1; i < c; ++i) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * i), _mm512_loadu_ps(k + 16 * i), acc);
-    s[j] = _mm512_reduce_add_ps(acc) * scale;
+    vf acc = ld<vf>(q) * ld<vf>(k);
+    for (int64_t i = 1; i < c; ++i) acc = fmadd(ld<vf>(q + L * i), ld<vf>(k + L * i), acc);
+    s[j] = hsum(acc) * scale;
     mx = std::max(mx, s[j]);
   }
-  __m512 sum = _mm512_setzero_ps();
-  const __m512 vm = _mm512_set1_ps(mx);
-  for (int64_t j = 0; j < n; j += 16) {
-    const __mmask16 m = n - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - j)) - 1u);
-    __m512 e = _mm512_maskz_mov_ps(m, exp_neg(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + j), vm)));
-    _mm512_mask_storeu_ps(s + j, m, e);
-    sum = _mm512_add_ps(sum, e);
+  vf sum = {};
+  const vf vm = splat(mx);
+  for (int64_t j = 0; j < n; j += L) {
+    const int64_t left = std::min<int64_t>(L, n - j);
+    vf e = exp_neg(ld_part(s + j, left) - vm);
+    for (int64_t l = left; l < L; ++l) e[l] = 0.0f;
+    st_part(s + j, e, left);
+    sum += e;
   }
-  const float inv = 1.0f / _mm512_reduce_add_ps(sum);
-  __m512 o[8];  // D <= 128
-  for (int64_t i = 0; i < c; ++i) o[i] = _mm512_setzero_ps();
+  const float inv = 1.0f / hsum(sum);
+  vf o[128 / L] = {};  // D <= 128
   for (int64_t j = 0; j < n; ++j) {
     const float* v = V + idx[j] * D;
-    const __m512 p = _mm512_set1_ps(s[j]);
-    for (int64_t i = 0; i < c; ++i) o[i] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16 * i), o[i]);
+    const vf p = splat(s[j]);
+    for (int64_t i = 0; i < c; ++i) o[i] = fmadd(p, ld<vf>(v + L * i), o[i]);
   }
-  const __m512 vi = _mm512_set1_ps(inv);
-  for (int64_t i = 0; i < c; ++i) _mm512_storeu_ps(out + 16 * i, _mm512_mul_ps(o[i], vi));
+  for (int64_t i = 0; i < c; ++i) st(out + L * i, o[i] * inv);
+}
+
+// silu(g) * u over n floats, with exp_neg: sigmoid(g) = 1 / (1 + e) for g >= 0, e / (1 + e) below, e = exp(-|g|).
+inline void silu_mul(const float* g, const float* u, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; i += L) {
+    const int64_t left = std::min<int64_t>(L, n - i);
+    const vf gv = ld_part(g + i, left), uv = ld_part(u + i, left);
+    const vf e = exp_neg((vf)((vi)gv | INT32_MIN));  // -|g|: the sign bit set
+    const vf inv = 1.0f / (1.0f + e);
+    const vf sig = select(gv >= 0.0f, inv, e * inv);
+    st_part(out + i, gv * sig * uv, left);
+  }
+}
+
+// ------------------------------------------------------------------------------------ 4- and 8-bit packed linears
+// Packed as 64-column blocks (see kernels.pack_q4 / pack_q8): a block's K rows are one contiguous stream, each
+// output column is a lane, so there is no horizontal reduction; MB rows x NV vectors of columns per tile.
+constexpr int64_t COLS = 64;
+constexpr int VPB = COLS / L;  // vectors per 64-column block row
+template <int MB>
+constexpr int col_vectors() {  // a power of two dividing VPB; MB x NV accumulators in 3/4 of the registers
+  int nv = VPB;
+  while (nv > 1 && MB * nv > NREG * 3 / 4) nv /= 2;
+  return nv;
+}
+
+// 4-bit codes of columns [col, col + L) at input k (row r of the block): byte j < 16 holds column j in its low
+// nibble and column j + 16 in its high one; byte 16 + j columns 32 + j and 48 + j.
+inline vf ld_q4(const uint8_t* r, int off, int shift) { return __builtin_convertvector((widen(r + off) >> shift) & 15, vf); }
+
+// q [K, 32] bytes and dm [K/32, 2, 64] fp16 (scales d, offsets m) of one block, from column c0 on;
+// y = sum_g d_g (x_g . q_g) + m_g sum(x_g), xs: the per-group input sums.
+template <int MB, int NV>
+inline void tile_q4(const float* x, int64_t K, const uint8_t* q, const at::Half* dm, const float* xs, int c0, const float* bias,
+                    float* y, int64_t ldy, int64_t ncols) {
+  const int64_t G = K / 32;
+  int off[NV], sh[NV];
+  for (int j = 0; j < NV; ++j) {
+    const int col = c0 + j * L;
+    off[j] = (col / 32) * 16 + col % 16;
+    sh[j] = ((col / 16) & 1) * 4;
+  }
+  vf tot[MB][NV] = {};
+  for (int64_t g = 0; g < G; ++g) {
+    vf acc[MB][NV] = {};
+    for (int64_t k = g * 32; k < g * 32 + 32; ++k) {
+      const uint8_t* r = q + k * 32;
+      vf w[NV];
+      for (int j = 0; j < NV; ++j) w[j] = ld_q4(r, off[j], sh[j]);
+      for (int i = 0; i < MB; ++i) {
+        const vf xb = splat(x[i * K + k]);
+        for (int j = 0; j < NV; ++j) acc[i][j] = fmadd(xb, w[j], acc[i][j]);
+      }
+    }
+    const at::Half* s = dm + g * 128 + c0;
+    for (int j = 0; j < NV; ++j) {
+      const vf d = ld_half(s + L * j), m = ld_half(s + 64 + L * j);
+      for (int i = 0; i < MB; ++i) tot[i][j] = fmadd(d, acc[i][j], fmadd(m, splat(xs[i * G + g]), tot[i][j]));
+    }
+  }
+  for (int j = 0; j < NV && j * L < ncols; ++j) {
+    const int64_t left = ncols - j * L;
+    const vf bv = bias ? ld_part(bias + j * L, std::min<int64_t>(L, left)) : vf{};
+    for (int i = 0; i < MB; ++i) st_part(y + i * ldy + j * L, bias ? tot[i][j] + bv : tot[i][j], left);
+  }
+}
+
+// q [K, 64] int8 and d [K/32, 64] fp16 of one block, from column c0 on; y = sum_g d_g (x_g . q_g).
+template <int MB, int NV>
+inline void tile_q8(const float* x, int64_t K, const int8_t* q, const at::Half* dd, int c0, float* y, int64_t ldy, int64_t ncols) {
+  const int64_t G = K / 32;
+  vf tot[MB][NV] = {};
+  for (int64_t g = 0; g < G; ++g) {
+    vf acc[MB][NV] = {};
+    for (int64_t k = g * 32; k < g * 32 + 32; ++k) {
+      const int8_t* r = q + k * 64 + c0;
+      vf w[NV];
+      for (int j = 0; j < NV; ++j) w[j] = ld_w(r + j * L);
+      for (int i = 0; i < MB; ++i) {
+        const vf xb = splat(x[i * K + k]);
+        for (int j = 0; j < NV; ++j) acc[i][j] = fmadd(xb, w[j], acc[i][j]);
+      }
+    }
+    for (int j = 0; j < NV; ++j) {
+      const vf d = ld_half(dd + g * 64 + c0 + L * j);
+      for (int i = 0; i < MB; ++i) tot[i][j] = fmadd(d, acc[i][j], tot[i][j]);
+    }
+  }
+  for (int j = 0; j < NV && j * L < ncols; ++j)
+    for (int i = 0; i < MB; ++i) st_part(y + i * ldy + j * L, tot[i][j], ncols - j * L);
+}
+
+// Every 64-column block of a packed layer, rows in tiles: f(mb, first_row, first_column_in_block, nv, block, columns).
+template <typename F>
+void run_blocks(int64_t M, int64_t N, F&& f) {
+  at::parallel_for(0, (N + COLS - 1) / COLS, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t ncols = std::min(COLS, N - b * COLS);
+      row_tiles(M, [&](auto mb, int64_t i) {
+        constexpr int NV = col_vectors<decltype(mb)::value>();
+        for (int c = 0; c < ncols; c += NV * L) f(mb, std::integral_constant<int, NV>{}, i, c, b, std::min<int64_t>(NV * L, ncols - c));
+      });
+    }
+  });
+}
+
+// The optional fp32 vector [N] of a linear layer (bias, scales), checked (nullptr when absent).
+inline const float* vec_of(const c10::optional<torch::Tensor>& b, int64_t N, const char* what) {
+  if (!b.has_value() || !b->defined()) return nullptr;
+  TORCH_CHECK(b->scalar_type() == at::kFloat && b->is_contiguous() && b->numel() == N, what, ": fp32 [N]");
+  return b->data_ptr<float>();
+}
+
+inline void check_x(const torch::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous fp32 [M, K]");
 }
 
 }  // namespace
@@ -165,7 +414,7 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
   float* op = out.data_ptr<float>();
   const int64_t group = H / Hkv;
   at::parallel_for(0, B * H * T, 1, [&](int64_t a, int64_t z) {
-    std::vector<float> s(std::max<int64_t>(used, 1));
+    std::vector<float> s(std::max<int64_t>(used, 1) + L);
     for (int64_t w = a; w < z; ++w) {
       const int64_t b = w / (H * T), h = (w / T) % H, t = w % T;
       const int64_t kvoff = ((b * Hkv + h / group) * S) * D;
@@ -179,7 +428,7 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
 // RMSNorm over the last dim of x [M, H] (fp32, contiguous): one fused pass instead of ~8 small aten ops
 // (50 us -> a few us per call, 61 calls per decoding step). The sum of squares per row has a fixed order.
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous fp32 [M, H]");
+  check_x(x);
   TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous() && w.numel() == x.size(1), "w: fp32 [H]");
   const int64_t M = x.size(0), H = x.size(1);
   auto y = torch::empty_like(x);
@@ -187,99 +436,56 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
   float* yp = y.data_ptr<float>();
   for (int64_t m = 0; m < M; ++m) {
     const float* r = xp + m * H;
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t j = 0; j < H; j += 16) {
-      const __mmask16 k = H - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (H - j)) - 1u);
-      const __m512 v = _mm512_maskz_loadu_ps(k, r + j);
-      acc = _mm512_fmadd_ps(v, v, acc);
+    vf acc = {};
+    for (int64_t j = 0; j < H; j += L) {
+      const vf v = ld_part(r + j, std::min<int64_t>(L, H - j));
+      acc = fmadd(v, v, acc);
     }
-    const float inv = 1.0f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(H) + static_cast<float>(eps));
-    const __m512 vi = _mm512_set1_ps(inv);
-    for (int64_t j = 0; j < H; j += 16) {
-      const __mmask16 k = H - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (H - j)) - 1u);
-      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, r + j), vi), _mm512_maskz_loadu_ps(k, wp + j));
-      _mm512_mask_storeu_ps(yp + m * H + j, k, v);
+    const float inv = 1.0f / std::sqrt(hsum(acc) / static_cast<float>(H) + static_cast<float>(eps));
+    for (int64_t j = 0; j < H; j += L) {
+      const int64_t left = std::min<int64_t>(L, H - j);
+      st_part(yp + m * H + j, ld_part(r + j, left) * inv * ld_part(wp + j, left), left);
     }
   }
   return y;
 }
 
-// x: fp32 [M, K] contiguous; wp: packed [ceil(N/64), K, 64] fp32 or bf16; bias: fp32 [N] or None.
-torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& wp, int64_t N, const c10::optional<torch::Tensor>& b) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous fp32 [M, K]");
+// x: fp32 [M, K] contiguous; w: [N, K] contiguous, fp32, bf16 or int8 (the layer's own weight, or a bf16 copy);
+// scale: fp32 [N] (int8 weights' per-channel scales) or None; bias: fp32 [N] or None. y = (x . w^T) * scale + bias.
+torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& w, int64_t N, const c10::optional<torch::Tensor>& b,
+                            const c10::optional<torch::Tensor>& scale) {
+  check_x(x);
   const int64_t M = x.size(0), K = x.size(1);
-  TORCH_CHECK(wp.dim() == 3 && wp.is_contiguous() && wp.size(1) == K && wp.size(2) == COLS && wp.size(0) * COLS >= N,
-              "wp: packed [ceil(N/64), K, 64]");
-  const float* bias = bias_of(b, N);
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.size(0) == N && w.size(1) == K, "w: contiguous [N, K]");
+  const float* bias = vec_of(b, N, "bias");
+  const float* sc = vec_of(scale, N, "scale");
   auto y = torch::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
-  if (wp.scalar_type() == at::kFloat) {
-    run<float>(x.data_ptr<float>(), M, wp.data_ptr<float>(), N, K, bias, y.data_ptr<float>());
-  } else {
-    TORCH_CHECK(wp.scalar_type() == at::kBFloat16, "wp: fp32 or bf16");
-    run<at::BFloat16>(x.data_ptr<float>(), M, wp.data_ptr<at::BFloat16>(), N, K, bias, y.data_ptr<float>());
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  switch (w.scalar_type()) {
+    case at::kFloat: run_dense(xp, M, w.data_ptr<float>(), N, K, sc, bias, yp); break;
+    case at::kBFloat16: run_dense(xp, M, w.data_ptr<at::BFloat16>(), N, K, sc, bias, yp); break;
+    case at::kChar:
+      TORCH_CHECK(sc, "int8 weights need their scales");
+      run_dense(xp, M, w.data_ptr<int8_t>(), N, K, sc, bias, yp);
+      break;
+    default: TORCH_CHECK(false, "w: fp32, bf16 or int8");
   }
   return y;
 }
 
 // 4-bit group-quantized weights (the Q4_1 layout of GGUF: per 32 inputs a scale d and an offset m, w = d q + m,
-// q in 0..15), for drafts only: a quantized copy of a target is a draft that needs no training. Packed as
-// q [ceil(N/64), K, 32] bytes (byte j < 16: column j in the low nibble, column j + 16 in the high one; byte 16 + j:
-// columns 32 + j and 48 + j) and dm [ceil(N/64), K/32, 2, 64] fp16. y = sum_g d_g (x_g . q_g) + m_g sum(x_g).
-template <int MB>
-inline void tile_q4(const float* x, int64_t ldx, const uint8_t* q, const at::Half* dm, const float* xs, int64_t K, const float* bias,
-                    float* y, int64_t ldy, int64_t ncols) {
-  const int64_t G = K / 32;
-  __m512 tot[MB][4];
-  for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < 4; ++j) tot[i][j] = _mm512_setzero_ps();
-  const __m128i lo4 = _mm_set1_epi8(0x0F);
-  for (int64_t g = 0; g < G; ++g) {
-    __m512 acc[MB][4];
-    for (int i = 0; i < MB; ++i)
-      for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
-    for (int64_t k = g * 32; k < g * 32 + 32; ++k) {
-      const uint8_t* r = q + k * 32;
-      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r));
-      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r + 16));
-      const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(a, lo4)));
-      const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(a, 4), lo4)));
-      const __m512 w2 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, lo4)));
-      const __m512 w3 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), lo4)));
-      for (int i = 0; i < MB; ++i) {
-        const __m512 xb = _mm512_set1_ps(x[i * ldx + k]);
-        acc[i][0] = _mm512_fmadd_ps(xb, w0, acc[i][0]);
-        acc[i][1] = _mm512_fmadd_ps(xb, w1, acc[i][1]);
-        acc[i][2] = _mm512_fmadd_ps(xb, w2, acc[i][2]);
-        acc[i][3] = _mm512_fmadd_ps(xb, w3, acc[i][3]);
-      }
-    }
-    const at::Half* s = dm + g * 128;
-    for (int j = 0; j < 4; ++j) {
-      const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 16 * j)));
-      const __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 64 + 16 * j)));
-      for (int i = 0; i < MB; ++i)
-        tot[i][j] = _mm512_fmadd_ps(d, acc[i][j], _mm512_fmadd_ps(m, _mm512_set1_ps(xs[i * G + g]), tot[i][j]));
-    }
-  }
-  for (int j = 0; j < 4; ++j) {
-    const int64_t left = ncols - 16 * j;
-    if (left <= 0) break;
-    const __mmask16 mk = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
-    const __m512 bv = bias ? _mm512_maskz_loadu_ps(mk, bias + 16 * j) : _mm512_setzero_ps();
-    for (int i = 0; i < MB; ++i) _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk, bias ? _mm512_add_ps(tot[i][j], bv) : tot[i][j]);
-  }
-}
-
+// q in 0..15), for drafts only: a quantized copy of a target is a draft that needs no training.
 // x: fp32 [M, K] contiguous, K % 32 == 0; q: uint8 [ceil(N/64), K, 32]; dm: fp16 [ceil(N/64), K/32, 2, 64].
 torch::Tensor packed_linear_q4(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& dm, int64_t N,
                                const c10::optional<torch::Tensor>& b) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous fp32 [M, K]");
+  check_x(x);
   const int64_t M = x.size(0), K = x.size(1), G = K / 32;
   TORCH_CHECK(K % 32 == 0 && q.scalar_type() == at::kByte && q.is_contiguous() && q.dim() == 3 && q.size(1) == K && q.size(2) == 32 &&
               q.size(0) * COLS >= N, "q: packed uint8 [ceil(N/64), K, 32], K % 32 == 0");
   TORCH_CHECK(dm.scalar_type() == at::kHalf && dm.is_contiguous() && dm.numel() == q.size(0) * G * 128, "dm: fp16 [ceil(N/64), K/32, 2, 64]");
-  const float* bias = bias_of(b, N);
+  const float* bias = vec_of(b, N, "bias");
   auto y = torch::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   std::vector<float> xs(M * G);  // per row and group: sum of the inputs (the offsets' share)
@@ -293,58 +499,18 @@ torch::Tensor packed_linear_q4(const torch::Tensor& x, const torch::Tensor& q, c
   const uint8_t* qp = q.data_ptr<uint8_t>();
   const at::Half* dp = dm.data_ptr<at::Half>();
   float* yp = y.data_ptr<float>();
-  const int64_t blocks = (N + COLS - 1) / COLS;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t bl = b0; bl < b1; ++bl) {
-      const int64_t n = bl * COLS, ncols = std::min(COLS, N - n);
-      const uint8_t* qb = qp + bl * K * 32;
-      const at::Half* db = dp + bl * G * 128;
-      const float* bb = bias ? bias + n : nullptr;
-      row_tiles(M, [&](auto mb, int64_t i) {
-        tile_q4<decltype(mb)::value>(xp + i * K, K, qb, db, xs.data() + i * G, K, bb, yp + i * N + n, N, ncols);
-      });
-    }
+  run_blocks(M, N, [&](auto mb, auto nv, int64_t i, int c, int64_t bl, int64_t nc) {
+    const int64_t n = bl * COLS + c;
+    tile_q4<decltype(mb)::value, decltype(nv)::value>(xp + i * K, K, qp + bl * K * 32, dp + bl * G * 128, xs.data() + i * G, c,
+                                                       bias ? bias + n : nullptr, yp + i * N + n, N, nc);
   });
   return y;
 }
 
 // 8-bit group-quantized weights (GGUF's Q8_0 scheme: per 32 inputs a scale d, w = d q, q in -127..127), for
 // drafts: q [ceil(N/64), K, 64] int8, d [ceil(N/64), K/32, 64] fp16. y = sum_g d_g (x_g . q_g).
-template <int MB>
-inline void tile_q8(const float* x, int64_t ldx, const int8_t* q, const at::Half* dd, int64_t K, float* y, int64_t ldy, int64_t ncols) {
-  const int64_t G = K / 32;
-  __m512 tot[MB][4];
-  for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < 4; ++j) tot[i][j] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < G; ++g) {
-    __m512 acc[MB][4];
-    for (int i = 0; i < MB; ++i)
-      for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
-    for (int64_t k = g * 32; k < g * 32 + 32; ++k) {
-      const int8_t* r = q + k * 64;
-      __m512 w[4];
-      for (int j = 0; j < 4; ++j)
-        w[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + 16 * j))));
-      for (int i = 0; i < MB; ++i) {
-        const __m512 xb = _mm512_set1_ps(x[i * ldx + k]);
-        for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_fmadd_ps(xb, w[j], acc[i][j]);
-      }
-    }
-    for (int j = 0; j < 4; ++j) {
-      const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dd + g * 64 + 16 * j)));
-      for (int i = 0; i < MB; ++i) tot[i][j] = _mm512_fmadd_ps(d, acc[i][j], tot[i][j]);
-    }
-  }
-  for (int j = 0; j < 4; ++j) {
-    const int64_t left = ncols - 16 * j;
-    if (left <= 0) break;
-    const __mmask16 mk = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
-    for (int i = 0; i < MB; ++i) _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk, tot[i][j]);
-  }
-}
-
 torch::Tensor packed_linear_q8(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& d, int64_t N) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous fp32 [M, K]");
+  check_x(x);
   const int64_t M = x.size(0), K = x.size(1), G = K / 32;
   TORCH_CHECK(K % 32 == 0 && q.scalar_type() == at::kChar && q.is_contiguous() && q.dim() == 3 && q.size(1) == K && q.size(2) == 64 &&
               q.size(0) * COLS >= N, "q: packed int8 [ceil(N/64), K, 64], K % 32 == 0");
@@ -355,21 +521,27 @@ torch::Tensor packed_linear_q8(const torch::Tensor& x, const torch::Tensor& q, c
   const int8_t* qp = q.data_ptr<int8_t>();
   const at::Half* dp = d.data_ptr<at::Half>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, (N + COLS - 1) / COLS, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t bl = b0; bl < b1; ++bl) {
-      const int64_t n = bl * COLS, ncols = std::min(COLS, N - n);
-      const int8_t* qb = qp + bl * K * 64;
-      const at::Half* db = dp + bl * G * 64;
-      row_tiles(M, [&](auto mb, int64_t i) { tile_q8<decltype(mb)::value>(xp + i * K, K, qb, db, K, yp + i * N + n, N, ncols); });
-    }
+  run_blocks(M, N, [&](auto mb, auto nv, int64_t i, int c, int64_t bl, int64_t nc) {
+    tile_q8<decltype(mb)::value, decltype(nv)::value>(xp + i * K, K, qp + bl * K * 64, dp + bl * G * 64, c, yp + i * N + bl * COLS + c, N, nc);
   });
   return y;
 }
 
-// One linear layer from its packed form: {packed} (fp32 or bf16 blocks) or {codes, dm} (4-bit, drafts).
+// One linear layer from its kernel form, told apart by dtype: {w} (fp32 / bf16 [N, K]), {int8 w [N, K], fp32 scales
+// [N]}, {uint8 codes, fp16 dm} (4-bit) or {int8 codes, fp16 d} (8-bit groups).
 torch::Tensor linear_any(const torch::Tensor& x, const std::vector<torch::Tensor>& w, int64_t N, const c10::optional<torch::Tensor>& b) {
   auto x2 = x.reshape({-1, x.size(-1)}).contiguous();
-  auto y = w.size() == 2 ? packed_linear_q4(x2, w[0], w[1], N, b) : packed_linear(x2, w[0], N, b);
+  torch::Tensor y;
+  if (w.size() == 1) {
+    y = packed_linear(x2, w[0], N, b, c10::nullopt);
+  } else if (w[0].scalar_type() == at::kByte) {
+    y = packed_linear_q4(x2, w[0], w[1], N, b);
+  } else if (w[1].scalar_type() == at::kFloat) {
+    y = packed_linear(x2, w[0], N, b, w[1]);
+  } else {
+    y = packed_linear_q8(x2, w[0], w[1], N);
+    if (b.has_value() && b->defined()) y.add_(*b);
+  }
   auto shape = x.sizes().vec();
   shape.back() = N;
   return y.view(shape);
@@ -405,19 +577,6 @@ torch::Tensor decoder_block(const torch::Tensor& x, const torch::Tensor& attn_no
   auto h2 = rms_norm(x1.reshape({-1, H}).contiguous(), mlp_norm, eps).view({B, T, H});
   auto gu = linear_any(h2, w13, 2 * inter, b13).split(inter, -1);
   return x1 + linear_any(torch::silu(gu[0]) * gu[1], w2, H, b2);
-}
-
-// silu(g) * u over n floats, vectorised with exp_neg: sigmoid(g) = 1 / (1 + e) for g >= 0, e / (1 + e) below, e = exp(-|g|).
-inline void silu_mul(const float* g, const float* u, float* out, int64_t n) {
-  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
-    const __m512 gv = _mm512_maskz_loadu_ps(m, g + i), uv = _mm512_maskz_loadu_ps(m, u + i);
-    const __m512 e = exp_neg(_mm512_sub_ps(zero, _mm512_abs_ps(gv)));
-    const __m512 inv = _mm512_div_ps(one, _mm512_add_ps(one, e));
-    const __m512 sig = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(gv, zero, _CMP_GE_OQ), _mm512_mul_ps(e, inv), inv);
-    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_mul_ps(gv, sig), uv));
-  }
 }
 
 // A decoder block for a *draft* (numbers that only steer acceptance, so not bound to torch's elementwise kernels):
@@ -480,8 +639,11 @@ torch::Tensor draft_layers(torch::Tensor x, const std::vector<std::vector<torch:
   return x;
 }
 
+std::string isa() { return std::string(ISA) + " (" + std::to_string(L) + " fp32 lanes)"; }
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("packed_linear", &packed_linear, "batch-invariant small-M linear on packed weights");
+  m.def("isa", &isa, "the vector ISA this build targets");
+  m.def("packed_linear", &packed_linear, "batch-invariant small-M linear on [N, K] fp32 / bf16 / int8 weights");
   m.def("attention", &attention, "batch-invariant attention over visible cached keys");
   m.def("rms_norm", &rms_norm, "fused RMSNorm over rows");
   m.def("packed_linear_q4", &packed_linear_q4, "small-M linear on 4-bit group-quantized packed weights (drafts)");
