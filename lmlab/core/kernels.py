@@ -24,6 +24,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -67,6 +68,20 @@ def _flags() -> list[str]:
     return flags
 
 
+STALE_LOCK_S = 600.0  # a build takes ~30 s (a few minutes on a loaded machine); an older lock is a dead build's
+
+
+def _clear_stale_lock(lock: Path, max_age_s: float = STALE_LOCK_S) -> None:
+    """Why: torch's loader waits forever on the lock file of a build that was killed (Ctrl-C, a timeout), so every
+    later run would hang; a lock older than any build is removed."""
+    try:
+        if time.time() - lock.stat().st_mtime > max_age_s:
+            log.warning("removing a stale build lock %s (a killed build left it)", lock)
+            lock.unlink()
+    except FileNotFoundError:
+        pass
+
+
 def _build():
     from torch.utils.cpp_extension import load
 
@@ -78,6 +93,7 @@ def _build():
     key = _SOURCE.read_bytes() + f"{torch.__version__} {torch.__file__} {' '.join(flags)} {_host()}".encode()
     tag = hashlib.sha256(key).hexdigest()[:12]
     folder = cache_dir("ext", f"decode_kernels-{tag}")
+    _clear_stale_lock(folder / "lock")
     return load(
         f"lmlab_decode_kernels_{tag}",
         [str(_SOURCE)],
