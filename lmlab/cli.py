@@ -38,6 +38,15 @@ def _system_module(system: str, part: str):
         raise
 
 
+QUANT_OPTION = typer.Option(
+    None,
+    "--quant",
+    help="Weight-only, faster decoding, not bit-equal to the float model. int8: per-channel int8 projections; "
+    "bf16: bf16 weights, fp32 activations; q8 / q4: GGUF Q8_0 / Q4_1 groups of 32 (q4 keeps the LM head at Q8_0; "
+    "the embedded SmolLM2 file's own codes), fp32 activations, fast where lmlab's CPU kernels run.",
+)
+
+
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="Prompt text (sent through the chat template unless --raw)."),
@@ -62,11 +71,7 @@ def generate(
         "skipped with a warning (plain decoding).",
     ),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
-    quant: Optional[str] = typer.Option(
-        None,
-        "--quant",
-        help="int8: weight-only int8 projections (faster decode, not bit-exact); bf16: weight-only bf16, fp32 activations.",
-    ),
+    quant: Optional[str] = QUANT_OPTION,
 ) -> None:
     """Generate a completion and stream it to stdout."""
     from .core.backends import LocalBackend
@@ -90,12 +95,13 @@ def chat(
     temperature: float = typer.Option(0.7, "--temperature", "-t"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    quant: Optional[str] = QUANT_OPTION,
 ) -> None:
     """Interactive chat on stdin/stdout (empty line or Ctrl-D ends; /reset clears the history)."""
     from .core.backends import LocalBackend
     from .core.engine import SamplingParams
 
-    be = LocalBackend(model, device=device)
+    be = LocalBackend(model, device=device, quant=quant)
     base = [{"role": "system", "content": system}] if system else []
     history = list(base)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)

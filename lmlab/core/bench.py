@@ -37,15 +37,14 @@ DTYPES = {
     "float32-nokernels": torch.float32,
     "bf16-weights": torch.float32,
 }
-EXTRA = {"int8-fp32": torch.float32, "q8-weights": torch.float32, "q4-weights": torch.float32}
+EXTRA = {"int8-fp32": torch.float32, "q8": torch.float32, "q4": torch.float32}
 """Configurations by name (EXTRA: rows of `bench decode` only, not labelled by the quick report; native side only for
 the last six): "int8" is weight-only int8 with bf16 activations
 (torch's `_weight_int8pack_mm`), "float32-nokernels" is fp32 through torch's own ops (LMLAB_KERNELS=0), "bf16-weights"
 is weight-only bf16 with fp32 activations through lmlab's kernels, "int8-fp32" is `--quant int8 --dtype float32`
-(per-channel int8 codes through lmlab's kernels), "q8-weights" / "q4-weights" stream every projection and the LM head
-as GGUF-style Q8_0 / Q4_1 groups (the self-draft's formats; measured here, not a `--quant` mode yet)."""
-QUANT = {"int8": "int8", "bf16-weights": "bf16", "int8-fp32": "int8"}
-PACKED = {"q8-weights": "q8", "q4-weights": "q4"}  # Linear.pack_dtype for every projection and the LM head
+(per-channel int8 codes through lmlab's kernels), "q8" / "q4" are `--quant q8` / `--quant q4` (GGUF-style Q8_0 /
+Q4_1 groups, `core.quant.quantize_groups`)."""
+QUANT = {"int8": "int8", "bf16-weights": "bf16", "int8-fp32": "int8", "q8": "q8", "q4": "q4"}
 
 
 def _measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, repeats: int, q: mp.Queue) -> None:
@@ -61,10 +60,6 @@ def _measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, rep
     prompts = [encode_chat(tok, [{"role": "user", "content": p}]) for p in (PROMPTS * batch)[:batch]]
     if impl == "native":
         lm = load_model(model, dtype={**DTYPES, **EXTRA}[dtype], quant=QUANT.get(dtype))
-        if dtype in PACKED:
-            from .model import set_weight_dtype
-
-            set_weight_dtype(lm.model, PACKED[dtype], exact=False)
         params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
         run = lambda: generate(lm.model, lm.tokenizer, prompts, params)  # noqa: E731
     elif impl == "llama.cpp":
@@ -112,7 +107,10 @@ def _llama_cpp_runner(model: str, prompts: list[list[int]], new_tokens: int):
     try:
         from llama_cpp import Llama
     except ImportError as e:
-        raise RuntimeError("llama-cpp-python is not installed (pip install llama-cpp-python)") from e
+        raise RuntimeError(
+            "llama-cpp-python is not installed (bash benchmarks/decode_vs_llamacpp.sh installs the 'llamacpp' extra; "
+            "it builds llama.cpp from source, ~10 min on 2 quiet cores)"
+        ) from e
     from .loader import ALIASES
 
     src = ALIASES.get(model)
@@ -214,8 +212,8 @@ def run_decode_bench(
                 ("bfloat16", "bfloat16"),
                 ("int8", "float32"),
                 ("int8-fp32", "float32"),
-                ("q8-weights", "float32"),
-                ("q4-weights", "float32"),
+                ("q8", "float32"),
+                ("q4", "float32"),
                 ("llama.cpp", "float32"),
             ]
         )

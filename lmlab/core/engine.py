@@ -266,14 +266,22 @@ def stream_generate(
     prompts: Sequence[Sequence[int]],
     params: SamplingParams | None = None,
     processors: Sequence[LogitsProcessor] = (),
+    overlap: bool | None = None,
     **forward_kw: Any,
 ) -> Iterator[StreamEvent]:
-    """Yield text deltas per row as tokens are produced; each row ends with one event carrying finish_reason."""
+    """Yield text deltas per row as tokens are produced; each row ends with one event carrying finish_reason.
+
+    overlap (default: on for accelerators, off on the CPU): queue step t+1's forward pass before reading step t's
+    tokens on the host, so an accelerator never idles while the host detokenizes and checks stops (the one
+    device->host copy per step then waits only for the sampled tokens, not for the next pass). A row that finished
+    at step t has run one pass too many; its row is dropped from that pass's logits and the cache. On the CPU the
+    extra pass at the end would be pure cost, so it is off there; the output is the same either way (tested)."""
     p = params or SamplingParams()
     max_new = check_context(model, prompts, p.max_new_tokens)
     stops = set(
         [] if p.ignore_eos else (p.stop_token_ids if p.stop_token_ids is not None else eos_ids(model, tokenizer))
     )
+    overlap = model.device.type != "cpu" if overlap is None else overlap
     gen = make_generator(p.seed, model.device)
     B = len(prompts)
     rows = list(range(B))  # active row -> original index
@@ -285,6 +293,7 @@ def stream_generate(
             for proc in processors:
                 logits = proc(rows, [texts[r].ids for r in rows], logits)
             nxt = sample(logits, p, gen)
+            ahead = decode_step(model, cache, nxt, **forward_kw) if overlap and step < max_new - 1 else None
             keep = []
             host = nxt.tolist()  # one device->host copy per step for the whole batch (not one sync per row)
             for j, r in enumerate(rows):
@@ -304,10 +313,11 @@ def stream_generate(
             if not keep or step == max_new - 1:
                 return
             if len(keep) < len(rows):  # drop finished rows from the batch
-                idx = torch.tensor(keep, device=model.device)
-                cache.reorder(idx)
+                idx = torch.tensor(keep).to(model.device, non_blocking=True)
+                cache.reorder(idx, keep)
                 nxt, rows = nxt[idx], [rows[j] for j in keep]
-            logits = decode_step(model, cache, nxt, **forward_kw)
+                ahead = None if ahead is None else ahead[idx]
+            logits = ahead if ahead is not None else decode_step(model, cache, nxt, **forward_kw)
 
 
 def generate(

@@ -177,7 +177,7 @@ def packed_linear(x: Tensor, packed: Tensor, n: int, bias: Tensor | None, scale:
     return y.view(*shape[:-1], n)
 
 
-Q4 = "q4"  # `Linear.pack_dtype` values for 4- and 8-bit group-quantized weights (drafts only: not the model's own numbers)
+Q4 = "q4"  # `Linear.pack_dtype` values for 4- and 8-bit group-quantized weights (`quant.use_group_packs`)
 Q8 = "q8"
 
 
@@ -227,6 +227,13 @@ def dequant_q4(codes: Tensor, dm: Tensor, n: int) -> Tensor:
     ).float()  # [blocks, K, 64]
     d, m = dm[:, :, 0].float(), dm[:, :, 1].float()  # [blocks, K/32, 64]
     w = q * d.repeat_interleave(32, 1) + m.repeat_interleave(32, 1)
+    return w.transpose(1, 2).reshape(blocks * COLS, k)[:n]
+
+
+def dequant_q8(codes: Tensor, d: Tensor, n: int) -> Tensor:
+    """The [n, K] weights a `pack_q8` result stands for."""
+    blocks, k, _ = codes.shape
+    w = codes.float() * d.float().repeat_interleave(32, 1)  # [blocks, K, 64]
     return w.transpose(1, 2).reshape(blocks * COLS, k)[:n]
 
 

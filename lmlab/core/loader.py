@@ -359,8 +359,11 @@ def load_model(
     """Load model and tokenizer. Results are memoised per (name, dtype, device, quant) in this process.
 
     quant="int8": weight-only int8 projections (see lmlab.core.quant), activations in `dtype` (bf16 advised).
-    quant="bf16": weight-only bf16 (fp32 activations; lmlab's CPU kernels stream half the bytes)."""
-    if dtype == "auto":  # bf16 where the hardware has native bf16 matmuls, else fp32
+    quant="bf16": weight-only bf16 (fp32 activations; lmlab's CPU kernels stream half the bytes).
+    quant="q8" / "q4": GGUF-style Q8_0 / Q4_1 groups (fp32 activations; see lmlab.core.quant.quantize_groups)."""
+    if dtype == "auto" and quant in ("bf16", "q8", "q4"):  # weight-only modes with fp32 activations
+        dtype = torch.float32
+    elif dtype == "auto":  # bf16 where the hardware has native bf16 matmuls, else fp32
         from .backends import auto_dtype
 
         dtype = auto_dtype(device)
@@ -368,12 +371,12 @@ def load_model(
         if dtype not in DTYPES:
             raise LmlabError(f"unknown dtype {dtype!r}", hint=f"use auto or one of {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
-    if quant not in (None, "none", "int8", "bf16"):
-        raise LmlabError(f"unknown quantization {quant!r}", hint="use int8, bf16 or leave it unset")
-    if quant == "bf16" and dtype != torch.float32:
+    if quant not in (None, "none", "int8", "bf16", "q8", "q4"):
+        raise LmlabError(f"unknown quantization {quant!r}", hint="use int8, bf16, q8, q4 or leave it unset")
+    if quant in ("bf16", "q8", "q4") and dtype != torch.float32:
         raise LmlabError(
-            f"quant bf16 is weight-only bf16 with fp32 activations, not dtype {dtype}",
-            hint="use --dtype float32 with --quant bf16",
+            f"quant {quant} is weight-only with fp32 activations, not dtype {dtype}",
+            hint=f"use --dtype float32 with --quant {quant}",
         )
     key = (name, str(dtype), device, str(quant))
     if cache and key in _LOADED:
@@ -386,6 +389,10 @@ def load_model(
         model = quantize_int8(model, dtype)
     elif quant == "bf16":
         model.set_weight_dtype(torch.bfloat16)
+    elif quant in ("q8", "q4"):
+        from .quant import quantize_groups
+
+        model = quantize_groups(model, quant)
     lm = LoadedModel(model, load_tokenizer(folder), folder, name)
     if cache:
         _LOADED[key] = lm

@@ -58,6 +58,13 @@ def rope_inv_freq(cfg: ModelConfig) -> tuple[Tensor, float]:
     return inv.float(), float(scale)
 
 
+def _on(values: list[int], dev: torch.device) -> Tensor:
+    """A small host list on `dev` without a host sync: `torch.tensor(.., device=cuda)` copies synchronously, which
+    would wait for every queued kernel in each decode step of a ragged batch."""
+    t = torch.tensor(values)
+    return t if dev.type == "cpu" else t.to(dev, non_blocking=True)
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """x: [B, H, T, D]; cos/sin: [B, 1, T, D] (rotate-half convention, as HF Llama)."""
     d = x.shape[-1] // 2
@@ -87,12 +94,13 @@ class KVCache:
             raise ValueError(f"rollback to {new} from {self.lengths}: can only shorten")
         self.lengths = new
 
-    def reorder(self, index: Tensor) -> None:
-        """Select/reorder rows (e.g. drop finished rows, or fan one prefix out to many completions)."""
+    def reorder(self, index: Tensor, host_index: list[int] | None = None) -> None:
+        """Select/reorder rows (e.g. drop finished rows, or fan one prefix out to many completions). host_index:
+        the same indices as a list, where the caller has them (saves a device->host copy)."""
         for i in range(len(self.k)):
             self.k[i] = self.k[i].index_select(0, index)
             self.v[i] = self.v[i].index_select(0, index)
-        idx = index.tolist()
+        idx = index.tolist() if host_index is None else list(host_index)
         self.lengths = [self.lengths[j] for j in idx]
         if self.key_bias is not None:
             self.key_bias = self.key_bias.index_select(0, index)
@@ -113,7 +121,7 @@ class Linear(nn.Linear):
     Used for fp32 activations, no autograd and at most `kernels.MAX_ROWS` rows; otherwise plain F.linear. fp32
     weights are read in place; other forms (bf16, 4-/8-bit) are made on first use and remade whenever the weight
     changes (its version counter moves), so training and then decoding stays correct. `pack_dtype = torch.bfloat16` streams bf16 weights (weight-only
-    bf16, set by `Transformer.set_weight_dtype`); `kernels.Q4` / `kernels.Q8` stream 4- / 8-bit group-quantized ones (drafts only).
+    bf16, set by `Transformer.set_weight_dtype`); `kernels.Q4` / `kernels.Q8` stream 4- / 8-bit group-quantized ones (`quant.use_group_packs`).
     """
 
     pack_dtype: torch.dtype = torch.float32
@@ -360,7 +368,7 @@ class Transformer(nn.Module):
         uniform = min(lens) == max(lens)
         L = lens[0]
         if positions is None:
-            base = torch.tensor(lens, device=dev)[:, None] if not uniform else torch.full((B, 1), L, device=dev)
+            base = _on(lens, dev)[:, None] if not uniform else torch.full((B, 1), L, device=dev)
             positions = base + torch.arange(T, device=dev)[None, :]
         plain = uniform and tree_mask is None and cache.key_bias is None
         if plain:  # fast path: no mask tensor at all
@@ -369,7 +377,7 @@ class Transformer(nn.Module):
                 q = torch.arange(T, device=dev)[:, None] + L
                 write.mask = (torch.arange(L + T, device=dev)[None, :] <= q)[None, None]
             return write, positions
-        lens_t = torch.tensor(lens, device=dev)
+        lens_t = _on(lens, dev)
         slots = lens_t[:, None] + torch.arange(T, device=dev)[None, :]  # [B, T]
         key = torch.arange(top, device=dev)
         old = key[None, None, :] < lens_t[:, None, None]  # [B, 1, S]
@@ -424,7 +432,7 @@ class Transformer(nn.Module):
         )
         write.fused = write.kernel and write.start is not None and kernels.fused_ok(x)
         hidden = [x] if output_hidden_states else None
-        packs = getattr(self, "draft_packs", None)  # a 4-bit self-draft (specdec.drafters.quantized_self_draft)
+        packs = getattr(self, "block_packs", None)  # 4-bit layers (quant.use_group_packs): all blocks in one call
         if packs is not None and write.fused and not hooks and hidden is None:
             cfg = self.cfg
             x = kernels.draft_layers(

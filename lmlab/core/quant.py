@@ -1,4 +1,6 @@
-"""Weight-only int8 quantization for the native model (opt-in: `load_model(..., quant="int8")`).
+"""Weight-only quantization for the native model (opt-in: `load_model(..., quant="int8" | "q8" | "q4")`).
+
+int8 (per output channel):
 
 Why hand-written: batch-1 decoding reads every weight once per token, so bytes moved set the speed on CPUs
 and GPUs alike; int8 weights halve bf16's bytes. This is gpt-fast's WeightOnlyInt8 scheme (symmetric,
@@ -7,6 +9,14 @@ per-output-channel scales). With fp32 activations on a CPU where lmlab's kernels
 lossless, and whole blocks fuse as for fp32 weights); otherwise through torch's `_weight_int8pack_mm` kernel, with a
 dequantize-and-matmul fallback off the CPU. Outputs are no longer bit-equal to the float model; tests bound the
 logit error and top-1 agreement.
+
+q8 / q4 (GGUF's Q8_0 / Q4_1 groups of 32 inputs, the formats of the embedded GGUF file and of llama.cpp's usual
+files): `quantize_groups` rounds every projection (q4: and the LM head to Q8_0, as llama.cpp keeps its output
+tensor at higher precision) to the group codes and writes the dequantized values back into the fp32 weights. So the
+model's numbers are the quantized model's on every path; where lmlab's kernels run, the layers stream the packed
+codes (0.56 / 1.06 bytes per weight instead of 4) and all decoder blocks of a q4 model run in one kernel call.
+Without the kernels (LMLAB_KERNELS=0, CUDA) the same numbers run through fp32 `F.linear`: correct, not faster.
+A Q4_1-sourced checkpoint (the embedded SmolLM2) rounds to its own codes, so `q4` is then the file's model.
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import kernels
+from .errors import LmlabError
+from .model import Linear
 
 
 class Int8Linear(nn.Module):
@@ -56,4 +68,54 @@ def quantize_int8(model: nn.Module, act_dtype: torch.dtype = torch.bfloat16) -> 
         layer.mlp.w13 = Int8Linear(layer.mlp.w13, act_dtype)
         layer.mlp.w2 = Int8Linear(layer.mlp.w2, act_dtype)
     model.lm_head = Int8Linear(model.lm_head, act_dtype)  # unties it from the (float) embedding
+    return model
+
+
+GROUP_SCHEMES = {"q8": (kernels.Q8, kernels.Q8), "q4": (kernels.Q4, kernels.Q8)}  # (projections, LM head)
+_PACK = {kernels.Q4: (kernels.pack_q4, kernels.dequant_q4), kernels.Q8: (kernels.pack_q8, kernels.dequant_q8)}
+
+
+def use_group_packs(model: nn.Module, layers: str, head: str) -> nn.Module:
+    """Stream every projection as `layers` groups and the LM head as `head` groups (`kernels.Q4` / `kernels.Q8`)
+    through the kernels, packed now rather than inside the first timed call. With 4-bit layers and no biases, all
+    decoder blocks of a step run in one kernel call (`Transformer.block_packs`). The weights are left as they are:
+    the packs are the only new memory (specdec's selfq4 draft shares its target's tensors this way)."""
+    for m in model.layers.modules():
+        if isinstance(m, Linear):
+            m.pack_dtype = layers
+    model.lm_head.pack_dtype = head if model.cfg.hidden_size % 32 == 0 else torch.bfloat16
+    for m in model.modules():
+        if isinstance(m, Linear):
+            m._packed()
+    if layers == kernels.Q4 and not any(m.bias is not None for m in model.layers.modules() if isinstance(m, Linear)):
+        model.block_packs = [
+            [
+                b.attn_norm.weight,
+                b.mlp_norm.weight,
+                *b.attn.wqkv._packed(),
+                *b.attn.wo._packed(),
+                *b.mlp.w13._packed(),
+                *b.mlp.w2._packed(),
+            ]
+            for b in model.layers
+        ]
+    return model
+
+
+def quantize_groups(model: nn.Module, scheme: str) -> nn.Module:
+    """`--quant q8|q4`: round the weights to GGUF-style groups in place (module docstring), then stream the packs
+    where the kernels run."""
+    layers, head = GROUP_SCHEMES[scheme]
+    odd = sorted({m.in_features for m in model.modules() if isinstance(m, Linear) and m.in_features % 32})
+    if odd:
+        raise LmlabError(
+            f"--quant {scheme} needs layer input sizes divisible by 32, this model has {odd}", hint="use --quant int8"
+        )
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, Linear):
+                pack, unpack = _PACK[head if m is model.lm_head else layers]
+                m.weight.copy_(unpack(*pack(m.weight), m.out_features))
+    if kernels.enabled():
+        use_group_packs(model, layers, head)
     return model

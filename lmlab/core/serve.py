@@ -566,6 +566,9 @@ def register(app: Any) -> None:
         drain: float = typer.Option(60.0, "--drain-timeout", help="Seconds SIGTERM waits for running requests."),
         dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16"),
         device: str = typer.Option("cpu", "--device"),
+        quant: Optional[str] = typer.Option(
+            None, "--quant", help="int8 | bf16 | q8 | q4: weight-only quantization (see `lmlab generate --help`)."
+        ),
     ) -> None:
         """Serve a model over an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions)."""
         import signal
@@ -577,7 +580,9 @@ def register(app: Any) -> None:
 
         if max_tokens < 1 or max_batch < 1:
             raise LmlabError("--max-tokens and --max-batch must be >= 1")
-        lm = load_model(model, dtype=auto_dtype(device) if dtype == "auto" else dtype, device=device)
+        if dtype == "auto" and quant not in ("bf16", "q8", "q4"):  # those take fp32 activations
+            dtype = auto_dtype(device)
+        lm = load_model(model, dtype=dtype, device=device, quant=quant)
         app_ = create_app(
             lm,
             model_name=model,

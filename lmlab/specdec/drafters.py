@@ -10,7 +10,8 @@ from torch import Tensor
 
 from ..core import kernels
 from ..core.engine import SamplingParams, probs_from_logits
-from ..core.model import Linear, Transformer, set_weight_dtype
+from ..core.model import Transformer, set_weight_dtype
+from ..core.quant import quantize_int8, use_group_packs
 from .eagle import subset_head, subset_logits
 from .verify import Draft
 
@@ -205,28 +206,5 @@ def quantized_self_draft(target: Transformer) -> Transformer:
     draft.load_state_dict(target.state_dict(), assign=True)
     draft.reset_rope()
     if not kernels.enabled():
-        from ..core.quant import quantize_int8
-
         return quantize_int8(draft, torch.bfloat16).eval()
-    for m in draft.layers.modules():
-        if isinstance(m, Linear):
-            m.pack_dtype = kernels.Q4
-    draft.lm_head.pack_dtype = kernels.Q8 if draft.cfg.hidden_size % 32 == 0 else torch.bfloat16
-    for m in draft.modules():  # pack now, not inside the first timed proposal (~0.3 s for 135M weights)
-        if isinstance(m, Linear):
-            m._packed()
-    if not any(
-        m.bias is not None for m in draft.layers.modules() if isinstance(m, Linear)
-    ):  # all blocks in one kernel call
-        draft.draft_packs = [
-            [
-                b.attn_norm.weight,
-                b.mlp_norm.weight,
-                *b.attn.wqkv._packed(),
-                *b.attn.wo._packed(),
-                *b.mlp.w13._packed(),
-                *b.mlp.w2._packed(),
-            ]
-            for b in draft.layers
-        ]  # taken now: the draft's weights do not change
-    return draft.eval()
+    return use_group_packs(draft, kernels.Q4, kernels.Q8).eval()

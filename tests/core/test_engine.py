@@ -118,6 +118,33 @@ def test_streaming_concatenates_to_generate(smollm):
     assert texts == [g.text for g in generate(smollm.model, tok, ids, p)]
 
 
+def test_overlapped_decode_loop_gives_the_same_events(smollm):
+    """The accelerator loop (step t+1 queued before step t's tokens are read, `overlap=True`) on the CPU: rows that
+    stop at different steps (stop token, stop string, length), seeded sampling and a logits processor give exactly
+    the events of the plain loop, and the loop reads each step's tokens with one host copy."""
+    tok = smollm.tokenizer
+    ids = [tok(p).input_ids for p in PROMPTS]
+    free = generate(smollm.model, tok, ids, SamplingParams(max_new_tokens=10, ignore_eos=True))
+    ban = free[2].token_ids[3]
+
+    def no_ban(rows, generated, logits):  # a grammar-like processor that sees the tokens so far
+        logits[:, ban] = float("-inf")
+        return logits
+
+    cases = [
+        SamplingParams(max_new_tokens=10, stop_token_ids=[free[0].token_ids[2]]),  # row 0 stops at step 2
+        SamplingParams(max_new_tokens=10, stop=[free[1].text[:6][-3:]]),
+        SamplingParams(max_new_tokens=10, temperature=0.8, seed=3),
+    ]
+    for params in cases:
+        runs = [list(stream_generate(smollm.model, tok, ids, params, [no_ban], overlap=o)) for o in (False, True)]
+        assert runs[0] == runs[1]
+        reasons = {ev.row: ev.finish_reason for ev in runs[0] if ev.finish_reason}
+        assert sorted(reasons) == [0, 1, 2]
+        if params.stop_token_ids:  # the case that drops a row mid-run (the overlapped pass's extra row)
+            assert reasons[0] == "stop" and "length" in reasons.values()
+
+
 def test_prompt_longer_than_context_is_a_clear_error(tiny):
     with pytest.raises(LmlabError, match="context window"):
         generate(tiny, None, [[1] * 64], SamplingParams(max_new_tokens=4))

@@ -39,3 +39,95 @@ def test_int8_smollm2_agrees_with_fp32(smollm):
     err, bad_err = (got - ref).abs().mean().item(), (bad - ref).abs().mean().item()
     assert agree >= 0.9, agree
     assert bad_err > 2 * err
+
+
+def _tiny(seed: int = 0, intermediate: int = 160):
+    from transformers import LlamaConfig
+
+    from lmlab.core.config import ModelConfig
+    from lmlab.core.model import Transformer
+
+    torch.manual_seed(seed)
+    hf = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=intermediate,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    return Transformer(ModelConfig.from_hf(hf.to_dict())).eval()
+
+
+def _linears(m):
+    from lmlab.core.model import Linear
+
+    return {n: x.weight.detach().clone() for n, x in m.named_modules() if isinstance(x, Linear)}
+
+
+def test_group_quantization_rounds_to_codes_idempotently():
+    """q8 / q4 write the dequantized group codes into the weights: rounding again changes nothing, every weight moves
+    by at most one quantization step of its group, and q4 moves the projections more than q8 does."""
+    from lmlab.core.quant import quantize_groups
+
+    ref = _linears(_tiny())
+    moved = {}
+    for scheme in ("q8", "q4"):
+        m = quantize_groups(_tiny(), scheme)
+        once = _linears(m)
+        quantize_groups(m, scheme)
+        twice = _linears(m)
+        for n in ref:
+            g = ref[n].view(ref[n].shape[0], -1, 32)
+            step = (g.amax(-1) - g.amin(-1)) / (15 if scheme == "q4" and n != "lm_head" else 127)
+            err = (once[n] - ref[n]).view_as(g).abs()
+            assert (err <= step[..., None] * 1.01 + 1e-6).all(), (scheme, n)
+            assert torch.allclose(once[n], twice[n], atol=1e-6), (scheme, n)  # idempotent: the codes round-trip
+        moved[scheme] = max(float((once[n] - ref[n]).abs().max()) for n in ref if n != "lm_head")
+    assert moved["q4"] > 4 * moved["q8"] > 0
+
+
+def test_group_quantization_same_numbers_with_and_without_kernels(monkeypatch):
+    """The packed kernels compute the quantized model's own numbers: their logits match fp32 F.linear over the
+    dequantized weights (the LMLAB_KERNELS=0 / CUDA path of the same mode) up to summation order."""
+    from lmlab.core import kernels
+    from lmlab.core.quant import quantize_groups
+
+    ids = torch.randint(0, 300, (2, 9))
+    m, plain, fp = quantize_groups(_tiny(), "q4"), _tiny(), _tiny()
+    with torch.inference_mode():
+        got = m(ids, m.new_cache(2, 16), logits="all").logits
+        monkeypatch.setattr(kernels, "enabled", lambda: False)
+        monkeypatch.setattr(kernels, "usable", lambda *a, **k: False)
+        monkeypatch.setattr(kernels, "attention_ok", lambda *a, **k: False)
+        quantize_groups(plain, "q4")
+        assert not hasattr(plain, "block_packs")
+        ref = plain(ids, plain.new_cache(2, 16), logits="all").logits
+        far = fp(ids, fp.new_cache(2, 16), logits="all").logits
+    assert (got - ref).abs().max() < 1e-4
+    assert (far - ref).abs().max() > 100 * (got - ref).abs().max()  # control: the float model is another model
+
+
+def test_group_quantization_refuses_odd_sizes_and_bf16_activations():
+    import pytest
+
+    from lmlab.core.errors import LmlabError
+    from lmlab.core.quant import quantize_groups
+
+    with pytest.raises(LmlabError, match="divisible by 32"):
+        quantize_groups(_tiny(intermediate=150), "q8")
+    with pytest.raises(LmlabError, match="fp32 activations"):
+        load_model("smollm2-135m-instruct", dtype=torch.bfloat16, quant="q4", cache=False)
+
+
+def test_q4_is_the_embedded_files_own_model(smollm):
+    """The embedded SmolLM2 is a Q4_1 / Q8_0 GGUF file: `--quant q4` rounds its weights to their own codes, so the
+    q4 model has exactly the float model's weights and decodes the same greedy text."""
+    from lmlab.core.engine import SamplingParams, encode_chat, generate
+
+    q = load_model("smollm2-135m-instruct", dtype="auto", quant="q4", cache=False)
+    ref = _linears(smollm.model)
+    assert all(torch.equal(w, ref[n]) for n, w in _linears(q.model).items())
+    p = [encode_chat(smollm.tokenizer, [{"role": "user", "content": "Name three colours."}])]
+    sp = SamplingParams(max_new_tokens=16)
+    assert generate(q.model, q.tokenizer, p, sp) == generate(smollm.model, smollm.tokenizer, p, sp)

@@ -173,7 +173,7 @@ def test_selfq4_reads_the_target_cache_and_accepts_long_drafts(smollm, monkeypat
 
     d = make_drafter(smollm, "selfq4")
     assert d.uses_target_cache and d.model.embed.weight.data_ptr() == smollm.model.embed.weight.data_ptr()  # shared
-    assert bool(getattr(d.model, "draft_packs", None)) == kernels.enabled()  # 4-bit packs only for the kernels
+    assert bool(getattr(d.model, "block_packs", None)) == kernels.enabled()  # 4-bit packs only for the kernels
     ids = encode_chat(smollm.tokenizer, [{"role": "user", "content": "Write two sentences about the sea."}])
     st = SpecStats()
     spec_generate(smollm.model, smollm.tokenizer, d, [ids], SamplingParams(max_new_tokens=48), stats=st)
