@@ -146,7 +146,7 @@ def sat(n: int, seed: int, n_vars: int = 3, n_clauses: int = 4, width: int = 2) 
         chk = C.sat_checker(clauses, n_vars)
         text = f"Assign {names} the value 0 or 1 so that all of these are true: {shown}."
         meta = {"clauses": clauses, "n_vars": n_vars, "chance": n_sat / 2**n_vars}
-        out.append(Problem("sat", f"s{len(out)}", text, chk, chk, f" Answer like: {shown_example}", meta))
+        out.append(Problem("sat", f"v{n_vars}-{len(out)}", text, chk, chk, f" Answer like: {shown_example}", meta))
     return out
 
 

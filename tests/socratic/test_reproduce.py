@@ -30,3 +30,12 @@ def test_reproduce_mechanics_with_a_scripted_model(tmp_path, monkeypatch):
     sec2 = run(ReproduceContext(out_dir=tmp_path, quick=True))  # rerun: every call from the cache
     assert sec2.data["cache_rows"] == calls and sec2.data["curves"] == d["curves"]
     assert d["model_calls_this_run"] == calls and sec2.data["model_calls_this_run"] == 0
+
+
+def test_problem_sets_have_unique_ids_and_cover_every_task():
+    from lmlab.socratic.reproduce import TASKS, _problems
+
+    for quick in (True, False):
+        ps = _problems(quick, 0)
+        assert len({(p.task, p.id) for p in ps}) == len(ps) and {p.task for p in ps} == set(TASKS)
+    assert [p.task for p in _problems(True, 0)][:4] == list(TASKS)  # round-robin: a cut run still covers all
