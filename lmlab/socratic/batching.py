@@ -5,7 +5,12 @@ calls (measured 10.9 vs 3.0 tok/s under load 12, torch path), which is what make
 
 With greedy decoding each row's reply does not depend on its batch-mates (up to float rounding on the
 torch path); sampled rows share one generator, so their text depends on the batch (the call cache keeps a
-rerun consistent)."""
+rerun consistent).
+
+Identical requests (same prompt, parameters and seed) while one is queued or running share its result
+instead of being decoded twice: in the reproduction the methods that share a prefix (direct and
+direct+check draw the same samples; Socratic with and without a checker share the decomposition, the
+sub-problems and the integration) would otherwise compute those calls twice when they run concurrently."""
 
 from __future__ import annotations
 
@@ -30,15 +35,30 @@ class MicroBatcher:
         self.concurrency = max_batch  # tells controllers they may call from several threads
         self.q: queue.Queue = queue.Queue()
         self.batches: list[int] = []  # sizes, for the report
+        self.profile: list[dict[str, Any]] = []  # per batch: rows, prompt / completion tokens, seconds, CPU seconds
+        self.shared = 0  # requests answered by an identical one in flight
+        self.pending: dict[str, Future] = {}
+        self.lock = threading.Lock()
         threading.Thread(target=self._worker, daemon=True).start()
 
     def complete(self, prompts: Sequence[Any], params: SamplingParams, json_schema: dict | None = None) -> list:
         futs = []
         for p in prompts:
-            f: Future = Future()
-            self.q.put((p, params, json_schema, f))
+            key = json.dumps([p, asdict(params), json_schema], sort_keys=True)
+            with self.lock:
+                f = self.pending.get(key)
+                if f is not None:
+                    self.shared += 1
+                else:
+                    f = self.pending[key] = Future()
+                    f.add_done_callback(lambda _, k=key: self._forget(k))
+                    self.q.put((p, params, json_schema, f))
             futs.append(f)
         return [f.result() for f in futs]
+
+    def _forget(self, key: str) -> None:
+        with self.lock:
+            self.pending.pop(key, None)
 
     def stream(self, prompt: Any, params: SamplingParams):
         yield from self.backend.stream(prompt, params)
@@ -77,7 +97,19 @@ class MicroBatcher:
                 continue
             self.batches.append(len(batch))
             try:
+                t0, c0 = time.perf_counter(), time.thread_time()
                 outs = self.backend.complete([b[0] for b in batch], first[1], first[2])
+                self.profile.append(
+                    {
+                        "rows": len(batch),
+                        "prompt_tokens": sum(getattr(o, "prompt_tokens", 0) for o in outs),
+                        "max_prompt_tokens": max((getattr(o, "prompt_tokens", 0) for o in outs), default=0),
+                        "completion_tokens": sum(getattr(o, "completion_tokens", 0) for o in outs),
+                        "max_completion_tokens": max((getattr(o, "completion_tokens", 0) for o in outs), default=0),
+                        "seconds": time.perf_counter() - t0,
+                        "cpu_seconds": time.thread_time() - c0,
+                    }
+                )
                 for b, o in zip(batch, outs):
                     b[3].set_result(o)
             except BaseException as e:  # hand the failure to every waiting caller

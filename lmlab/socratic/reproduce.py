@@ -11,29 +11,33 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
 from ..core.engine import SamplingParams
 from ..core.llmcache import LLMCache
-from ..core.report import ReproduceContext, Section, Verdict, markdown_table
+from ..core.report import (
+    ReproduceContext,
+    Section,
+    Verdict,
+    markdown_table,
+    paired_bootstrap_diff,
+    proportion_ci,
+    verdict_from_interval,
+)
 from .calls import Budget, Caller
-from .tasks import Problem, game24, gsm8k, run_sampling, run_socratic, sat
+from .tasks import Problem, arith, calls_to_pass, game24, gsm8k, run_sampling, run_socratic, sat
 
 METHODS = ("direct", "cot", "direct+check", "socratic", "socratic+check")
-N_QUICK = 3  # problems per task in --quick
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
+TASKS = ("game24", "arith", "gsm8k", "sat")
+B = 5  # calls per problem for every method: Socratic needs 4 (decompose, 2 sub-problems, integrate) + 1 check
+TOKENS = 64  # new tokens per call, every method
+MAX_BATCH = 16  # rows per micro-batch on the local engine
+WORKERS = 10  # (problem, method) jobs in flight: two problems' worth of methods
 
 
 def transcript_part() -> tuple[dict[str, Any], list[Verdict]]:
@@ -63,44 +67,70 @@ def transcript_part() -> tuple[dict[str, Any], list[Verdict]]:
 
 
 def _problems(quick: bool, seed: int) -> list[Problem]:
-    """Round-robin over the tasks, so a run cut by the time guard still covers all three."""
-    n = N_QUICK if quick else 20
-    per_task = [game24(n, seed), gsm8k(n, seed), sat(n, seed)]
-    return [p for group in zip(*per_task) for p in group]
+    """Round-robin over the tasks, so a run cut by the time guard still covers all of them. Every method sees
+    the same problems: the easy instances (2- and 3-number Game of 24, two-step word problems, 3-variable
+    2-CNF) are in the mix so that a 135M model solves some and the comparison can tell methods apart."""
+    if quick:
+        per_task = [
+            game24(2, seed, sizes=(2, 3, 4)),
+            arith(2, seed),
+            gsm8k(1, seed, steps=(2, 2), max_chars=220),
+            sat(2, seed),
+        ]
+    else:
+        per_task = [
+            game24(24, seed, sizes=(2, 3, 4)),
+            arith(24, seed),
+            gsm8k(24, seed, steps=(2, 4)),
+            sat(12, seed) + sat(12, seed + 1000, n_vars=4, n_clauses=6, width=3),
+        ]
+    return [p for group in zip_longest(*per_task) for p in group if p is not None]
+
+
+def _rate(k: int, n: int) -> dict[str, float]:
+    if n == 0:
+        return {"success": 0, "n": 0, "rate": 0.0, "lo": 0.0, "hi": 1.0}
+    r, lo, hi = proportion_ci(k, n)
+    return {"success": k, "n": n, "rate": r, "lo": lo, "hi": hi}
 
 
 def run(ctx: ReproduceContext) -> Section:
     from ..core.backends import LocalBackend
     from .batching import MicroBatcher
 
-    t_start = time.monotonic()
+    t_start, cpu_start = time.monotonic(), time.process_time()
     out = Path(ctx.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stats, verdicts = transcript_part()
-    B = 5
-    seeds = [ctx.seed] if ctx.quick else [ctx.seed, ctx.seed + 1, ctx.seed + 2]
-    deadline = t_start + (7.5 * 60 if ctx.quick else 6 * 3600)
-    backend = MicroBatcher(LocalBackend(ctx.model, batch_size=8), max_batch=8, deadline=deadline)
+    seeds = [ctx.seed, ctx.seed + 1] if ctx.quick else [ctx.seed, ctx.seed + 1, ctx.seed + 2]
+    guard = float(os.environ.get("LMLAB_SOCRATIC_TIME_GUARD", 9 * 60 if ctx.quick else 12 * 3600))
+    deadline = t_start + guard if guard > 0 else math.inf
+    backend = MicroBatcher(LocalBackend(ctx.model, batch_size=MAX_BATCH), max_batch=MAX_BATCH, deadline=deadline)
     cache = LLMCache(out / "calls.sqlite")
+    cache_before = len(cache)
     (out / "trees").mkdir(exist_ok=True)
-    tokens = dict.fromkeys(METHODS, 64)  # one length for all, so requests of every method can share a batch
     cut: list[tuple] = []
+    usage: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
 
     def make_caller(method: str, seed: int, budget: Budget) -> Caller:
         # the time guard as the controller's own wall-clock budget: a job it cuts is excluded, not scored
-        budget.max_seconds = max(0.0, deadline - time.monotonic())
-        return Caller(backend, cache, SamplingParams(max_new_tokens=tokens[method], seed=seed), budget)
+        budget.max_seconds = max(0.0, deadline - time.monotonic()) if deadline < math.inf else None
+        # one token length for every method, so that requests of all methods can share a batch
+        return Caller(backend, cache, SamplingParams(max_new_tokens=TOKENS, seed=seed), budget)
 
     jobs = [(s, p, m) for s in seeds for p in _problems(ctx.quick, s) for m in METHODS]
-    results: dict[tuple, Any] = {}
+    results: dict[tuple, list[bool]] = {}
+    answers_at: dict[tuple, list[str | None]] = {}
 
     def job(j: tuple[int, Problem, str]) -> None:
         s, p, m = j
         if time.monotonic() > deadline:
             return  # not started: reported as not run
+        callers: list[Caller] = []
 
         def mk(b: Budget) -> Caller:
-            return make_caller(m, s, b)
+            callers.append(make_caller(m, s, b))
+            return callers[-1]
 
         if m in ("direct", "cot", "direct+check"):
             answers = run_sampling(p, mk(Budget(max_calls=B)), B, m == "cot", m == "direct+check")
@@ -111,81 +141,130 @@ def run(ctx: ReproduceContext) -> Section:
             cut.append((s, p.task, p.id, m))
             return
         answers += [answers[-1] if answers else None] * (B - len(answers))
-        results[(s, p.task, p.id, m)] = [bool(a is not None and p.score(a).ok) for a in answers]
+        key = (s, p.task, p.id, m)
+        answers_at[key] = answers
+        results[key] = [bool(a is not None and p.score(a).ok) for a in answers]
+        usage[m].append(callers[0].summary())  # the full-budget run (socratic: the others are its cache hits)
 
-    # as many jobs in flight as one batch holds: more would interleave and finish none before the time guard
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    # jobs in problem order, so that the methods of one problem run together and share their common calls
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         list(pool.map(job, jobs))
 
+    problems = {(s, p.task, p.id): p for s in seeds for p in _problems(ctx.quick, s)}
     rows, curves = [], {}
-    for task in ("game24", "gsm8k", "sat", "all"):
+    for task in (*TASKS, "all"):
         for m in METHODS:
             got = [v for (s, t, _, mm), v in results.items() if mm == m and (task == "all" or t == task)]
-            n = len(got)
-            curve = []
-            for k in range(B):
-                succ = sum(g[k] for g in got)
-                lo, hi = wilson(succ, n)
-                curve.append(
-                    {"calls": k + 1, "success": succ, "n": n, "rate": succ / n if n else 0.0, "lo": lo, "hi": hi}
-                )
+            curve = [{"calls": k + 1, **_rate(sum(g[k] for g in got), len(got))} for k in range(B)]
             curves[f"{task}/{m}"] = curve
             last = curve[-1]
-            rows.append(
-                {"task": task, "method": m, "n": n, f"success@{B}": f"{last['success']}/{n}",
-                 "rate": last["rate"], "95% CI": f"[{last['lo']:.2f}, {last['hi']:.2f}]",
-                 "success@1": curve[0]["success"]}
-            )  # fmt: skip
-    chance = [p.meta["chance"] for s in seeds for p in sat(N_QUICK if ctx.quick else 20, s)]
-    n_jobs, n_done = len(jobs), len(results)
+            row = {"task": task, "method": m, "n": last["n"], "success@1": curve[0]["success"],
+                   f"success@{B}": f"{last['success']}/{last['n']}", "rate": last["rate"],
+                   "95% CI": f"[{last['lo']:.2f}, {last['hi']:.2f}]"}  # fmt: skip
+            if m.endswith("+check"):
+                used = [
+                    calls_to_pass(problems[k[:3]], a)
+                    for k, a in answers_at.items()
+                    if k[3] == m and (task == "all" or k[1] == task)
+                ]
+                passed = [u for u in used if u is not None]
+                row["checker passed"] = f"{len(passed)}/{len(used)}"
+                row["calls to pass"] = round(sum(passed) / len(passed), 2) if passed else "–"
+            rows.append(row)
+    chance = [p.meta["chance"] for p in problems.values() if p.task == "sat"]
 
-    def compare(a: str, b: str, claim: str) -> Verdict:
-        ca, cb = curves[f"all/{a}"][-1], curves[f"all/{b}"][-1]
-        measured = (
-            f"{a} {ca['success']}/{ca['n']} [{ca['lo']:.2f}, {ca['hi']:.2f}] vs {b} {cb['success']}/{cb['n']} "
-            f"[{cb['lo']:.2f}, {cb['hi']:.2f}] at {B} calls (seeds {seeds})"
-        )
-        if ca["n"] == 0 or cb["n"] == 0:
-            return Verdict(claim, measured + ": not run", None)
-        if ca["lo"] > cb["hi"]:
-            return Verdict(claim, measured, True)
-        if ca["hi"] < cb["lo"]:
-            return Verdict(claim, measured, False)
-        return Verdict(claim, measured + ": inconclusive (intervals overlap)", None)
+    def paired(a: str, b: str, task: str = "all") -> dict[str, Any]:
+        keys = sorted(k[:3] for k in results if k[3] == a and (k[:3] + (b,)) in results and task in ("all", k[1]))
+        xa = [float(results[k + (a,)][-1]) for k in keys]
+        xb = [float(results[k + (b,)][-1]) for k in keys]
+        if not keys:
+            return {"a": a, "b": b, "task": task, "n": 0}
+        d, lo, hi = paired_bootstrap_diff(xa, xb, seed=0)
+        wins = sum(x > y for x, y in zip(xa, xb))
+        losses = sum(x < y for x, y in zip(xa, xb))
+        return {"a": a, "b": b, "task": task, "n": len(keys), "diff": d, "lo": lo, "hi": hi,
+                "a_only": wins, "b_only": losses}  # fmt: skip
 
-    verdicts += [
-        compare("socratic+check", "direct", "Socratic prompting with a programmatic checker beats direct prompting at equal calls"),
-        compare("socratic", "cot", "Socratic prompting with LLM self-verification beats chain-of-thought at equal calls"),
-        compare("socratic+check", "direct+check", "the decomposition adds to verification (socratic+check vs generate-and-test)"),
+    comparisons = [
+        ("socratic+check", "direct", "Socratic prompting with a programmatic checker beats direct prompting at equal calls"),
+        ("socratic", "cot", "Socratic prompting with LLM self-verification beats chain-of-thought at equal calls"),
+        ("socratic+check", "socratic", "programmatic verification adds to Socratic prompting (vs LLM self-check)"),
+        ("socratic+check", "direct+check", "the decomposition adds to verification (socratic+check vs generate-and-test)"),
+        ("direct+check", "direct", "generate-and-test with the checker beats majority voting at equal calls"),
+        ("cot", "direct", "chain-of-thought beats direct prompting at equal calls"),
     ]  # fmt: skip
+    pairs = []
+    for a, b, claim in comparisons:
+        pr = paired(a, b)
+        pairs.append(pr)
+        for task in TASKS:
+            pairs.append(paired(a, b, task))
+        if pr["n"] == 0:
+            verdicts.append(Verdict(claim, f"{a} vs {b}: not run", None, seeds=seeds))
+            continue
+        measured = (
+            f"success at {B} calls, {a} minus {b}: {pr['diff']:+.3f} (paired bootstrap 95% CI "
+            f"[{pr['lo']:.3f}, {pr['hi']:.3f}], {pr['n']} problems; solved by {a} only {pr['a_only']}, "
+            f"by {b} only {pr['b_only']}; seeds {seeds})"
+        )
+        verdicts.append(verdict_from_interval(claim, pr["lo"], pr["hi"], 0.0, seeds, measured=measured))
     fig = _plot(curves, B, out)
+    prof = backend.profile
+    tok = {m: {k: sum(u[k] for u in us) for k in ("calls", "model_calls", "tokens")} for m, us in usage.items()}
     data = {
         "transcript": stats,
         "budget_calls": B,
+        "max_new_tokens": TOKENS,
         "seeds": seeds,
         "model": ctx.model,
-        "jobs": n_jobs,
-        "jobs_run": n_done,
+        "problems": {t: sum(p.task == t for p in problems.values()) for t in TASKS},
+        "jobs": len(jobs),
+        "jobs_run": len(results),
         "jobs_cut_by_time_guard": len(cut),
+        "time_guard_s": guard,
         "curves": curves,
-        "sat_chance_rate": sum(chance) / len(chance),
+        "paired": pairs,
+        "per_problem": {"|".join(map(str, k)): v for k, v in sorted(results.items())},
+        "sat_chance_rate": sum(chance) / len(chance) if chance else None,
         "batch_sizes": _hist(backend.batches),
+        "profile": {
+            "batches": len(prof),
+            "rows": sum(b["rows"] for b in prof),
+            "shared_in_flight": backend.shared,
+            "prompt_tokens": sum(b["prompt_tokens"] for b in prof),
+            "completion_tokens": sum(b["completion_tokens"] for b in prof),
+            "padded_decode_rows_x_steps": sum(b["rows"] * b["max_completion_tokens"] for b in prof),
+            "generate_seconds": round(sum(b["seconds"] for b in prof), 1),
+            "generate_cpu_seconds": round(sum(b["cpu_seconds"] for b in prof), 1),
+            "per_method_calls_tokens": tok,
+        },
+        "model_calls_this_run": len(cache) - cache_before,
         "cache_rows": len(cache),
         "seconds": round(time.monotonic() - t_start, 1),
+        "cpu_seconds": round(time.process_time() - cpu_start, 1),
     }
-    atomic = out / "socratic.json"
-    atomic.write_text(json.dumps(data, indent=2))
+    (out / "socratic.json").write_text(json.dumps(data, indent=2))
+    prow = [
+        {"comparison": f"{p['a']} - {p['b']}", "task": p["task"], "n": p["n"], "diff": p.get("diff", "–"),
+         "95% CI": f"[{p['lo']:.2f}, {p['hi']:.2f}]" if p["n"] else "–",
+         "only a / only b": f"{p['a_only']} / {p['b_only']}" if p["n"] else "–"}
+        for p in pairs
+    ]  # fmt: skip
     md = [
         "Transcript (microsoft/LMOps P vs NP notebooks, parsed from the cells):\n",
         markdown_table([{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in stats.items() if k != "system_roles"}]),
-        f"\nProcess claim on checkable tasks, {ctx.model}, budget {B} calls per problem, seeds {seeds}; "
-        f"{n_done}/{n_jobs} (problem, method) jobs completed within the time guard ({len(cut)} cut and excluded). Success at {B} calls with Wilson 95% CIs:\n\n",
+        f"\nProcess claim on checkable tasks, {ctx.model}, budget {B} calls per problem (at most {TOKENS} new tokens "
+        f"each), seeds {seeds}, problems {data['problems']}; {len(results)}/{len(jobs)} (problem, method) jobs "
+        f"completed ({len(cut)} cut by the time guard and excluded). Success after k calls, Wilson 95% CIs:\n\n",
         markdown_table(rows),
-        f"\nSAT control: a uniformly random assignment satisfies {data['sat_chance_rate']:.2f} of these instances "
-        "(4 variables, 6 clauses), so SAT success near that rate is guessing, not reasoning.\n",
-        "\nA 135M model mostly fails these tasks; any gain measured here comes from the external checker "
-        "(generate-and-test), not from the model's own reasoning or self-verification. Re-test with a larger "
-        "model (`--model`, or `lmlab socratic run --backend URL`) before drawing conclusions about the method.\n",
+        "\nPaired differences (the same problems under both methods; success at the full budget; paired "
+        "bootstrap over problems):\n\n",
+        markdown_table(prow),
+        f"\nSAT control: a uniformly random assignment satisfies {data['sat_chance_rate'] or 0:.2f} of these "
+        "instances on average, so SAT success near that rate is guessing, not reasoning.\n",
+        "\nWith a 135M model, gains measured here come mostly from the external checker (generate-and-test), not "
+        "from the model's own reasoning or self-verification. Re-test with a larger model (`--model`, or "
+        "`lmlab socratic run --backend URL`) before drawing conclusions about the method.\n",
     ]  # fmt: skip
     return Section(
         system="socratic",
@@ -212,8 +291,8 @@ def _plot(curves: dict[str, list[dict]], B: int, out: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5), sharey=True)
-    for ax, task in zip(axes, ("game24", "gsm8k", "sat")):
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(4 * len(TASKS), 3.5), sharey=True)
+    for ax, task in zip(axes, TASKS):
         for m in METHODS:
             c = curves[f"{task}/{m}"]
             xs = [r["calls"] for r in c]

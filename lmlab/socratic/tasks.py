@@ -21,6 +21,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,17 @@ class Problem:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def game24(n: int, seed: int) -> list[Problem]:
+def game24(n: int, seed: int, sizes: tuple[int, ...] = (4,)) -> list[Problem]:
+    """Solvable puzzles; `sizes` cycles the count of numbers per puzzle (2 and 3 are the easy instances of the
+    same game a 135M model can sometimes solve: 4 x 6, 30 - 6; the original game uses 4)."""
     rng = random.Random(f"24-{seed}")
     out: list[Problem] = []
     seen = set()
     while len(out) < n:
-        nums = tuple(sorted(rng.randint(1, 9) for _ in range(4)))
-        if nums in seen or C.solve24(nums) is None:
+        size = sizes[len(out) % len(sizes)]
+        hi = 9 if size == 4 else 13 if size == 3 else 30
+        nums = tuple(sorted(rng.randint(1, hi) for _ in range(size)))
+        if nums in seen or C.solve24(nums) is None or (size == 2 and 24 in nums):
             continue
         seen.add(nums)
         chk = C.game24_checker(nums)
@@ -57,16 +62,21 @@ def game24(n: int, seed: int) -> list[Problem]:
             f"Use the numbers {' '.join(map(str, nums))}, each exactly once, with + - * / and parentheses to make 24."
         )
         out.append(
-            Problem("game24", "-".join(map(str, nums)), text, chk, chk, " End with one expression that equals 24.")
-        )
+            Problem(
+                "game24", "-".join(map(str, nums)), text, chk, chk, " End with one expression that equals 24.",
+                {"size": size},
+            )
+        )  # fmt: skip
     return out
 
 
-def gsm8k(n: int, seed: int, min_steps: int = 3) -> list[Problem]:
+def gsm8k(n: int, seed: int, steps: tuple[int, int] = (3, 99), max_chars: int | None = None) -> list[Problem]:
+    """GSM8K test problems whose reference solution has `steps` (inclusive range) annotated calculations."""
     rows = []
     for line in shared_data("gsm8k", "test.jsonl").read_text().splitlines():
         r = json.loads(line)
-        if r["answer"].count("<<") >= min_steps:
+        k = r["answer"].count("<<")
+        if steps[0] <= k <= steps[1] and (max_chars is None or len(r["question"]) <= max_chars):
             rows.append(r)
     rng = random.Random(f"gsm8k-{seed}")
     out = []
@@ -82,13 +92,50 @@ def gsm8k(n: int, seed: int, min_steps: int = 3) -> list[Problem]:
     return out
 
 
-def sat(n: int, seed: int, n_vars: int = 4, n_clauses: int = 6) -> list[Problem]:
-    rng = random.Random(f"sat-{seed}")
-    example = {1: False, 2: True, 3: True, 4: False}  # the format example in the prompt must not solve it
+_ARITH = [
+    # (template, answer(a, b, c)); two calculation steps each, small numbers
+    ("Tom has {a} boxes with {b} apples in each box. He eats {c} apples. How many apples are left?",
+     lambda a, b, c: a * b - c),
+    ("A shelf has {a} rows of {b} books. Anna adds {c} more books. How many books are on the shelf now?",
+     lambda a, b, c: a * b + c),
+    ("Sam buys {a} pens for {b} dollars each and a bag for {c} dollars. How many dollars does he spend?",
+     lambda a, b, c: a * b + c),
+    ("There are {a} red balls and {b} blue balls. {c} balls roll away. How many balls are left?",
+     lambda a, b, c: a + b - c),
+]  # fmt: skip
+
+
+def arith(n: int, seed: int) -> list[Problem]:
+    """Two-step arithmetic word problems (GSM8K's format at its smallest): the scale where a 135M model
+    sometimes gets the answer, and where checking each written step ('a op b = c') can catch its slips."""
+    rng = random.Random(f"arith-{seed}")
+    out = []
+    while len(out) < n:
+        tmpl, f = _ARITH[len(out) % len(_ARITH)]
+        a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.randint(1, 9)
+        gold = f(a, b, c)
+        if gold <= 0:
+            continue
+        out.append(
+            Problem(
+                "arith", f"a{len(out)}", tmpl.format(a=a, b=b, c=c), C.arithmetic_claims, C.numeric_answer(gold),
+                " End with 'The answer is N'.", {"gold": str(gold), "steps": 2},
+            )
+        )  # fmt: skip
+    return out
+
+
+def sat(n: int, seed: int, n_vars: int = 3, n_clauses: int = 4, width: int = 2) -> list[Problem]:
+    """Random satisfiable CNF instances (`width` literals per clause); the prompt's format example must not
+    itself satisfy the instance."""
+    rng = random.Random(f"sat-{seed}-{n_vars}-{n_clauses}-{width}")
+    example = {v: v % 2 == 1 for v in range(1, n_vars + 1)}  # x1=1 x2=0 x3=1 ...
+    names = ", ".join(f"x{v}" for v in range(1, n_vars + 1))
+    shown_example = " ".join(f"x{v}={int(b)}" for v, b in example.items())
     out = []
     while len(out) < n:
         clauses = [
-            [v if rng.random() < 0.5 else -v for v in rng.sample(range(1, n_vars + 1), 3)] for _ in range(n_clauses)
+            [v if rng.random() < 0.5 else -v for v in rng.sample(range(1, n_vars + 1), width)] for _ in range(n_clauses)
         ]
         if C.solve_cnf(clauses, n_vars) is None or all(any(example[abs(x)] == (x > 0) for x in c) for c in clauses):
             continue
@@ -97,14 +144,9 @@ def sat(n: int, seed: int, n_vars: int = 4, n_clauses: int = 6) -> list[Problem]
             all(any(((a >> (abs(x) - 1)) & 1) == (x > 0) for x in c) for c in clauses) for a in range(2**n_vars)
         )
         chk = C.sat_checker(clauses, n_vars)
-        text = (
-            f"Find values 0 or 1 for x1, x2, x3, x4 that make every clause true "
-            f"(a clause is true when at least one of its parts is true): {shown}"
-        )
-        meta = {"clauses": clauses, "chance": n_sat / 2**n_vars}
-        out.append(
-            Problem("sat", f"s{len(out)}", text, chk, chk, " End with the values, like x1=0 x2=1 x3=1 x4=0.", meta)
-        )
+        text = f"Assign {names} the value 0 or 1 so that all of these are true: {shown}."
+        meta = {"clauses": clauses, "n_vars": n_vars, "chance": n_sat / 2**n_vars}
+        out.append(Problem("sat", f"v{n_vars}-{len(out)}", text, chk, chk, f" Answer like: {shown_example}", meta))
     return out
 
 
@@ -115,32 +157,49 @@ def _key(p: Problem, text: str) -> str:
 
 
 def run_sampling(p: Problem, caller: Caller, B: int, cot: bool, until_checked: bool) -> list[str | None]:
-    """Answers after k = 1..B calls for direct / cot (majority) and direct+check (first that passes)."""
+    """Answers after k = 1..B calls for direct / cot (majority) and direct+check (first that passes).
+
+    The B samples are independent (sample 0 greedy, the rest T=0.7, seeds seed+k), so on a concurrent backend
+    they are asked for at once (one micro-batch); the answer after k calls uses only the first k, exactly as
+    if they had been drawn one by one. direct and direct+check ask for the same B calls: with the call cache
+    (and the micro-batcher's in-flight sharing) they are drawn once and read two ways."""
     ask = (
         p.text
         + (" Think step by step, then give the final answer." if cot else " Give only the final answer.")
         + p.hint
     )
     msgs = [{"role": "system", "content": "You are a careful problem solver."}, {"role": "user", "content": ask}]
-    texts: list[str] = []
+
+    def one(k: int) -> str | None:
+        try:
+            return caller.call(msgs, tag="sample", sample=k, temperature=None if k == 0 else 0.7).text
+        except BudgetExhausted:
+            return None
+
+    if caller.concurrent:
+        with ThreadPoolExecutor(max_workers=B) as pool:
+            drawn = list(pool.map(one, range(B)))
+    else:
+        drawn = [one(k) for k in range(B)]
+    texts = drawn[: drawn.index(None)] if None in drawn else drawn  # a budget stop ends the sequence
     out: list[str | None] = []
     passed: str | None = None
-    for k in range(B):
-        if passed is None:
-            try:
-                r = caller.call(msgs, tag="sample", sample=k, temperature=None if k == 0 else 0.7)
-            except BudgetExhausted:
-                break
-            texts.append(r.text)
-            if until_checked and p.checker(r.text).ok:
-                passed = r.text
+    for k, t in enumerate(texts):
         if until_checked:
-            out.append(passed if passed is not None else texts[-1])
+            if passed is None and p.checker(t).ok:
+                passed = t
+            out.append(passed if passed is not None else t)
         else:
-            votes = Counter(_key(p, t) for t in texts)
+            seen = texts[: k + 1]
+            votes = Counter(_key(p, x) for x in seen)
             best = max(votes.values())
-            out.append(next(t for t in texts if votes[_key(p, t)] == best))  # ties: the earliest
+            out.append(next(x for x in seen if votes[_key(p, x)] == best))  # ties: the earliest
     return out
+
+
+def calls_to_pass(p: Problem, answers: list[str | None]) -> int | None:
+    """The first k whose answer passes the checker (what a generate-and-test run stopping there would spend)."""
+    return next((k + 1 for k, a in enumerate(answers) if a is not None and p.checker(a).ok), None)
 
 
 def run_socratic(

@@ -70,3 +70,20 @@ def test_cli_checker_specs_and_dimacs_errors(tmp_path):
         read_dimacs(cnf)
     with pytest.raises(LmlabError, match="unknown --checker"):
         make_checker("magic:1")
+
+
+def test_reproduction_tasks_are_well_posed():
+    """Every generated instance is solvable by its own checker's definition, and the prompt's format example
+    is never itself a solution (else copying the example would score)."""
+    from lmlab.socratic.tasks import arith, game24, sat
+
+    for p in game24(9, 0, sizes=(2, 3, 4)):
+        nums = tuple(int(x) for x in p.id.split("-"))
+        assert len(nums) == p.meta["size"] and p.checker(C.solve24(nums) + " = 24").ok is True
+    for p in sat(10, 0) + sat(5, 1, n_vars=4, n_clauses=6, width=3):
+        a = C.solve_cnf(p.meta["clauses"], p.meta["n_vars"])
+        assert p.checker(" ".join(f"x{v}={int(b)}" for v, b in a.items())).ok is True
+        assert p.checker(p.hint).ok is not True
+    for p in arith(8, 0):
+        assert p.score(f"The answer is {p.meta['gold']}.").ok and int(p.meta["gold"]) > 0
+        assert p.checker("2 + 3 = 6. The answer is 6.").ok is False  # the step checker needs no gold

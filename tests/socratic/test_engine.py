@@ -65,13 +65,12 @@ def test_independent_subproblems_run_concurrently_on_an_http_backend():
     srv = FakeOpenAIServer(delay=0.3)
     try:
         be = OpenAIBackend("fake", base_url=srv.url, concurrency=8)
-        t0 = time.perf_counter()
         r, tree, _ = _run(backend=be, cfg=EngineConfig(verify="llm"))
-        wall = time.perf_counter() - t0
     finally:
         srv.close()
-    assert srv.peak == 3 and srv.requests == 6 == len(tree)  # the three sub-problems were in flight together
-    assert wall < 6 * 0.3  # (not a speed claim: sequential would need all six round trips)
+    # the three sub-problems were in flight together (the server's own count; no wall-clock assertion, which
+    # failed on the loaded shared machine)
+    assert srv.peak == 3 and srv.requests == 6 == len(tree)
     assert tree["p.2/deduce"].usage == {"prompt_tokens": 10, "completion_tokens": 5}
 
 
@@ -120,3 +119,57 @@ def test_micro_batcher_groups_concurrent_requests_by_parameters():
     assert outs == [ScriptedBackend().complete([m], SamplingParams())[0].text for m in msgs]  # each its own reply
     # two parameter groups (the greedy seeds do not split them), four requests each
     assert sorted(be.sizes) == [(4, 8), (4, 16)]
+
+
+def test_micro_batcher_decodes_identical_requests_in_flight_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lmlab.core.engine import SamplingParams
+    from lmlab.socratic.batching import MicroBatcher
+
+    be = ScriptedBackend(delay=0.05)
+    mb = MicroBatcher(be, max_batch=8, window=0.2)
+    msgs = [[{"role": "user", "content": f"q{i % 3}"}] for i in range(9)]  # 3 distinct prompts, 3 times each
+    with ThreadPoolExecutor(9) as pool:
+        outs = list(pool.map(lambda m: mb.complete([m], SamplingParams(seed=1))[0].text, msgs))
+    assert be.calls == 3 and mb.shared == 6
+    assert outs == [ScriptedBackend().complete([m], SamplingParams())[0].text for m in msgs]
+    # a different seed is a different request (it may sample differently): not shared
+    mb.complete([msgs[0]], SamplingParams(seed=2))
+    assert be.calls == 4
+    assert sum(b["rows"] for b in mb.profile) == 4
+
+
+def test_concurrent_sampling_gives_the_sequential_answers():
+    """run_sampling asks for its B samples at once on a concurrent backend (an HTTP endpoint: each request on its
+    own); the answers after k calls must be those of drawing them one by one (sample k always has the same seed),
+    for majority and generate-and-test. (Through the MicroBatcher, sampled rows of one batch share a generator, so
+    their text may differ from one-by-one draws; the call cache keeps a rerun identical.)"""
+    from lmlab.core.backends import Completion
+    from lmlab.core.engine import SamplingParams
+    from lmlab.socratic.calls import Budget, Caller
+    from lmlab.socratic.checkers import game24_checker
+    from lmlab.socratic.tasks import calls_to_pass, game24, run_sampling
+
+    class BySeed(ScriptedBackend):
+        concurrency = 1
+
+        def complete(self, prompts, params, json_schema=None):
+            # a reply that depends only on the seed: sample 2 and 4 pass the Game-of-24 checker for (4, 6)
+            text = "4 * 6 = 24" if params.seed in (2, 4) else f"4 + 6 = 10 ({params.seed})"
+            return [Completion(text, "stop", 5, 5) for _ in prompts]
+
+    p = game24(1, 0, sizes=(2,))[0]
+    p.checker = p.score = game24_checker((4, 6))
+    runs = {}
+    for conc in (False, True):
+        be = BySeed()
+        be.concurrency = 8 if conc else 1
+        for check in (False, True):
+            c = Caller(be, None, SamplingParams(seed=0), Budget(max_calls=5))
+            runs[(conc, check)] = run_sampling(p, c, 5, False, check)
+            assert c.calls == 5
+    assert runs[(False, False)] == runs[(True, False)] and runs[(False, True)] == runs[(True, True)]
+    assert calls_to_pass(p, runs[(True, True)]) == 3  # seeds 0, 1, 2: the third sample is the first to pass
+    # majority: ties keep the earliest (greedy) answer until the two passing samples outvote it at k = 5
+    assert calls_to_pass(p, runs[(True, False)]) == 5
