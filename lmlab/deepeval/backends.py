@@ -93,6 +93,11 @@ class HFVisionAnswerer:
             proc = AutoProcessor.from_pretrained(name)
             td = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16}.get(dtype, "auto")
             model = AutoModelForImageTextToText.from_pretrained(name, dtype=td).to(device).eval()
+        except ImportError as e:  # e.g. Qwen2-VL / SmolVLM2 processors carry a video processor that needs torchvision
+            msg = " ".join(str(e).split())[:200]
+            raise LmlabError(
+                f"cannot load vision model {name!r}: {msg}", hint="pip install the missing package (often torchvision)"
+            ) from None
         except (OSError, ValueError) as e:
             raise LmlabError(f"cannot load vision model {name!r}: {str(e).splitlines()[0][:200]}") from None
         return cls(model, proc, name, device)

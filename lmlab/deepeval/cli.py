@@ -211,10 +211,15 @@ def register(app: typer.Typer) -> None:
         repeats: int = typer.Option(3, "--repeats"),
         model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
         json_out: Optional[Path] = typer.Option(None, "--json"),
+        conditions: str = typer.Option("none,oracle", "--conditions", help="none (options only), oracle, or both."),
     ) -> None:
         """Shared-prefix vs separate-prompt log-likelihood scoring: items/s and the ratio, same run."""
         from .bench import bench_table, run_bench
 
-        out = run_bench(model, n=n, repeats=repeats, json_path=json_out)
+        conds = tuple(c.strip() for c in conditions.split(",") if c.strip())
+        if not conds or set(conds) - {"none", "oracle"}:
+            raise LmlabError(f"--conditions {conditions!r}: expected none, oracle or none,oracle")
+        out = run_bench(model, n=n, repeats=repeats, json_path=json_out, conditions=conds)
         typer.echo(bench_table(out))
-        typer.echo(f"torch threads {out['torch_threads']}, load average {' '.join(out['loadavg'])}")
+        load = f"{' '.join(out['loadavg_start'])} at start, {' '.join(out['loadavg'])} at end"
+        typer.echo(f"torch threads {out['torch_threads']}, load average {load}")

@@ -1,9 +1,10 @@
 """Log-likelihood scoring of the four options on lmlab's native engine (no answer parsing at all).
 
-The four continuations share the question prefix, so the prefix is prefilled once, its KV cache is fanned out to
-four rows with `KVCache.reorder`, and the four short continuations run as one [4, T] block on top. Scoring each
-option as its own full prompt (`option_logprobs_separate`, the lm-evaluation-harness way) costs four prefills;
-`lmlab deepeval bench` measures the ratio in the same run (benchmarks/RESULTS.md, "deepeval")."""
+The four continuations share the question prefix, so the prefix is prefilled once and the four options run packed
+side by side in one row on top of its KV cache (each option restarts its RoPE positions after the prefix and sees
+only the prefix and itself, through the engine's draft-tree `positions` / `tree_mask`). Scoring each option as its
+own full prompt (`option_logprobs_separate`, the lm-evaluation-harness way) costs four prefills; `lmlab deepeval
+bench` measures the ratio in the same run (benchmarks/RESULTS.md, "deepeval")."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core import kernels
 from ..core.engine import chunked_forward, encode_chat
 from ..core.model import Transformer
 from .data import LETTERS
@@ -37,47 +39,68 @@ def _gather(logp: torch.Tensor, ids: Sequence[int]) -> float:
 
 
 def option_logprobs_shared(model: Transformer, prefix: Sequence[int], conts: Sequence[Sequence[int]]) -> list[float]:
-    """Summed log-probabilities of each continuation after `prefix`: one prefill, cache fanned out to len(conts)
-    rows, one batched forward over the (right-padded) continuations."""
+    """Summed log-probabilities of each continuation after `prefix`: one prefill, then the continuations packed
+    into one row on top of it (see `_shared`)."""
     return _shared(model, prefix, conts)[0]
 
 
-PAD_WASTE = 1.25  # fan out to a padded [n, T] block while padding adds under this much work, else row by row
+def _groups(lens: Sequence[int], cap: int) -> list[list[int]]:
+    """Consecutive options packed into groups of at most `cap` tokens (an option longer than cap stands alone)."""
+    out: list[list[int]] = []
+    used = cap
+    for i, n in enumerate(lens):
+        if out and used + n <= cap:
+            out[-1].append(i)
+            used += n
+        else:
+            out.append([i])
+            used = n
+    return out
 
 
 def _shared(
     model: Transformer, prefix: Sequence[int], conts: Sequence[Sequence[int]]
 ) -> tuple[list[float], torch.Tensor]:
-    """Prefill once. Options of similar length: fan the cache out to n rows (`KVCache.reorder`) and run the
-    right-padded [n, T] block. Very unequal lengths (deep-semantics options run 30-100 tokens): run each option
-    on the one-row cache and `rollback` to the prefix after it, which does exactly the real tokens' work (the
-    padded block would do up to 1.6x that on the release). Both give the same numbers (tests/deepeval)."""
-    n, lens = len(conts), [len(c) for c in conts]
-    T = max(lens)
-    dev = model.device
+    """Prefill once, then pack the options side by side into one row on top of the prefix: RoPE positions restart
+    at len(prefix) for each option and a block-diagonal causal `tree_mask` lets each option token see the prefix
+    and its own option's earlier tokens only. That is exactly the real tokens' work (no padding, no rollback
+    loop) in one more forward call per `kernels.MAX_ROWS` tokens of options; each token sees exactly the keys it
+    would see in its own full prompt, so the numbers equal `option_logprobs_separate` (tests/deepeval)."""
+    lens = [len(c) for c in conts]
+    dev, L = model.device, len(prefix)
+    cap = max(kernels.MAX_ROWS, 1)
+    groups = _groups(lens, cap)
     with torch.inference_mode():
-        cache = model.new_cache(1, len(prefix) + T)
+        cache = model.new_cache(1, L + max(sum(lens[i] for i in g) for g in groups))
         h0 = chunked_forward(model, torch.tensor([list(prefix)], device=dev), cache, logits="none").last_hidden
         first = torch.log_softmax(model.lm_head(h0[:, -1]).float(), -1)[0]  # next-token distribution after prefix
-        if n * T <= PAD_WASTE * sum(lens):
-            cache.reorder(torch.zeros(n, dtype=torch.long, device=dev))
-            ids = torch.tensor([list(c) + [0] * (T - len(c)) for c in conts], device=dev)
-            # Right padding needs no num_tokens: a pad sits after its row's real tokens, so causally no real token
-            # sees it, and the block stays uniform, so chunked_forward runs it in kernel-sized pieces.
-            hs = list(chunked_forward(model, ids, cache, logits="none").last_hidden)  # n x [T, H]
-        else:
-            hs = []
-            for c in conts:
-                hs.append(
-                    chunked_forward(model, torch.tensor([list(c)], device=dev), cache, logits="none").last_hidden[0]
-                )
-                cache.rollback(len(prefix))
+        hs: list[torch.Tensor] = [h0[0, :0]] * len(conts)
+        for g in groups:
+            if len(g) == 1 and lens[g[0]] > cap:  # one long option: plain causal pieces, then back to the prefix
+                ids = torch.tensor([list(conts[g[0]])], device=dev)
+                hs[g[0]] = chunked_forward(model, ids, cache, logits="none").last_hidden[0]
+            else:
+                ids = torch.tensor([[t for i in g for t in conts[i]]], device=dev)
+                pos = torch.cat([torch.arange(lens[i], device=dev) for i in g]) + L
+                seg = torch.cat([torch.full((lens[i],), j, device=dev) for j, i in enumerate(g)])
+                T = ids.shape[1]
+                tril = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
+                mask = tril & (seg[:, None] == seg[None, :])
+                h = model(ids, cache, positions=pos[None], tree_mask=mask[None], logits="none").last_hidden[0]
+                for i, part in zip(g, h.split([lens[i] for i in g])):
+                    hs[i] = part
+            cache.rollback(L)
+        # one lm_head pass over every option's scored positions (all but each option's last token)
+        keep = [h[: n - 1] for h, n in zip(hs, lens)]
+        rows = torch.cat(keep) if keep else h0[0, :0]
+        targets = torch.tensor([t for c in conts for t in c[1:]], dtype=torch.long, device=dev)
+        tok_lp = rows.new_zeros(0)
+        if len(targets):
+            logp = torch.log_softmax(model.lm_head(rows).float(), -1)
+            tok_lp = logp[torch.arange(len(targets), device=dev), targets]
         out = []
-        for c, h in zip(conts, hs):
-            lp = float(first[c[0]])
-            if len(c) > 1:
-                lp += _gather(torch.log_softmax(model.lm_head(h[: len(c) - 1]).float(), -1), c[1:])
-            out.append(lp)
+        for c, part in zip(conts, tok_lp.split([n - 1 for n in lens])):
+            out.append(float(first[c[0]]) + float(part.sum()))
     return out, first
 
 

@@ -51,6 +51,7 @@ def test_one_line_errors(tmp_path, capsys, monkeypatch):
     assert "Title_Questions.json:1: missing field 'Options'" in out and len(out.splitlines()) == 1
     assert "no such file" in _e(["deepeval", "score", str(tmp_path / "none.jsonl")])
     assert "templates are 1, 2 and 3" in _e(["deepeval", "run", "--templates", "4", "-o", str(tmp_path / "p.jsonl")])
+    assert "--conditions 'self'" in _e(["deepeval", "bench", "--conditions", "self"])
 
 
 def test_score_stored_predictions(tmp_path):

@@ -15,11 +15,13 @@ def items():
     return load_subtask("title")[:3]
 
 
-@pytest.mark.parametrize("pad_waste", [0.0, 100.0])  # force the rollback path, then the reorder fan-out
-def test_shared_prefix_equals_separate_prompts(smollm, items, pad_waste, monkeypatch):
-    """Tolerance 1e-3 nats on summed log-probs (fp32; measured differences are ~3e-5: chunk boundaries move the
-    float summation order). Control: a different prefix gives different values."""
-    monkeypatch.setattr("lmlab.deepeval.loglik.PAD_WASTE", pad_waste)
+@pytest.mark.parametrize("max_rows", [None, 8])  # 8: options split over several packed rows, one longer than a row
+def test_shared_prefix_equals_separate_prompts(smollm, items, max_rows, monkeypatch):
+    """Options packed into one row on top of the prefix (block-diagonal mask, positions restarting per option) give
+    the separate prompts' numbers. Tolerance 1e-3 nats on summed log-probs (fp32; measured differences are ~3e-5:
+    chunk boundaries move the float summation order). Control: a different prefix gives different values."""
+    if max_rows is not None:
+        monkeypatch.setattr("lmlab.core.kernels.MAX_ROWS", max_rows)
     s = LoglikScorer(smollm)
     for it in items[:1]:
         prefix, conts = s.encode("Which title fits? " + it.options["A"], it.option_list())
@@ -36,6 +38,12 @@ def test_shared_prefix_equals_separate_prompts(smollm, items, pad_waste, monkeyp
     lp = torch.log_softmax(logits.float(), -1)
     ref = sum(float(lp[len(prefix) - 1 + t, tok]) for t, tok in enumerate(conts[1]))
     assert abs(option_logprobs_shared(smollm.model, prefix, conts)[1] - ref) < 1e-3
+    # unequal lengths, a one-token option (nothing but the first token to score) and a repeated option
+    prefix, conts = s.encode("Pick one.", ["A", "Snow and ice on the long road home tonight", "Rain", "Rain"])
+    a = option_logprobs_shared(smollm.model, prefix, conts)
+    b = option_logprobs_separate(smollm.model, prefix, conts)
+    assert len(conts[0]) == 1 and len(conts[1]) > 8 and max(abs(x - y) for x, y in zip(a, b)) < 1e-3
+    assert abs(a[2] - a[3]) < 1e-4  # same text, other place in the packed row
 
 
 class FakeAnswerer:
