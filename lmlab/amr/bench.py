@@ -22,24 +22,15 @@ from .linearize import delinearize
 def _default_parser():
     from dataclasses import replace
 
-    from lmlab.core.paths import cache_dir
-
     from .linearize import linearize
-    from .parser import AmrTokenizer, train_plain
-    from .reproduce import _cached, quick_config, settings_key
+    from .parser import train_plain
+    from .reproduce import _cached, make_tokenizer, quick_config, settings_key
 
     cfg = quick_config()
     train = read_amr(shared_data("amr_little_prince", "lpp-v3.0-train.txt"))
-    tok_key = settings_key(cfg.plain, f"tok-{len(train)}")
-    tok_dir = cache_dir("amr", "tokenizers", tok_key)
-    tok = (
-        AmrTokenizer.load(tok_dir)
-        if (tok_dir / "tokenizer.json").is_file()
-        else AmrTokenizer.train(train, cfg.plain.vocab_size)
-    )
-    if not (tok_dir / "tokenizer.json").is_file():
-        tok.save(tok_dir)
-    train = [g for g in train if len(tok.target(linearize(g.tree))) <= cfg.max_target_tokens]
+    tok, tok_key = make_tokenizer(cfg, train)
+    if cfg.max_target_tokens:
+        train = [g for g in train if len(tok.target(linearize(g.tree))) <= cfg.max_target_tokens]
     st = replace(cfg.plain, seed=0, history=[])
     key = settings_key(st, f"{len(train)}-{tok_key}")
     return _cached(f"nlr-{key}", lambda: train_plain(train, "nlr", st, tok=tok))

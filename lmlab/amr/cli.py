@@ -63,6 +63,12 @@ def train(
     batch_size: int = typer.Option(16, "--batch-size"),
     lr: float = typer.Option(1e-3, "--lr"),
     vocab_size: int = typer.Option(1500, "--vocab-size"),
+    tokenizer: str = typer.Option(
+        "bpe",
+        "--tokenizer",
+        help="bpe: byte-level BPE + AMR tokens (AMRBART-style); word: one vocabulary shared by words and concepts "
+        "(better for small models trained from scratch).",
+    ),
     no_kl: bool = typer.Option(False, "--no-kl", help="RGL ablation: drop the KL term."),
     fixed_r: Optional[float] = typer.Option(None, "--fixed-r", help="RGL ablation: constant r."),
     seed: int = typer.Option(0, "--seed"),
@@ -70,10 +76,12 @@ def train(
     """Train a parser from scratch on any AMR corpus (rgl: trains the pass-1 reverse parser, decodes silver
     reversed graphs for the training set, then the two-pass model)."""
     from .graphs import read_amr
-    from .parser import AmrTokenizer, TrainSettings, train_plain, train_rgl
+    from .parser import AmrTokenizer, TrainSettings, WordTokenizer, train_plain, train_rgl
 
     if order not in ("nlr", "nrl", "rgl"):
         raise LmlabError(f"--order {order!r}: choose nlr, nrl or rgl")
+    if tokenizer not in ("bpe", "word"):
+        raise LmlabError(f"--tokenizer {tokenizer!r}: choose bpe or word")
     graphs = read_amr(train_file)
     st = TrainSettings(
         steps=steps,
@@ -93,7 +101,7 @@ def train(
     def log(row):
         typer.echo(f"step {row['step']} loss {row['loss']:.3f}")
 
-    tok = AmrTokenizer.train(graphs, vocab_size)
+    tok = WordTokenizer.train(graphs) if tokenizer == "word" else AmrTokenizer.train(graphs, vocab_size)
     if order == "rgl":
         rev = train_plain(graphs, "nrl", st, tok=tok, log=log)
         silver = rev.parse_tokens([g.sentence for g in graphs], beam=1)

@@ -61,6 +61,29 @@ def bootstrap_ci(counts: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[floa
     return float(lo), float(hi)
 
 
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Corpus-F1 difference b - a with a 95% CI, paired over graphs (and pooled over seeds).
+
+    `a`, `b`: per-graph (match, test_total, gold_total) rows, shape [seeds, graphs, 3] (or [graphs, 3]), the same
+    gold graphs in the same order. Each replicate resamples graph indices once and applies them to every seed of
+    both systems, so sentence difficulty cancels; counts are summed over seeds (pooled F1).
+    Returns {"diff", "lo", "hi", "p_le_0"} in F1 points x 100; p_le_0 is the share of replicates with diff <= 0."""
+    a, b = (np.asarray(x, dtype=float).reshape(-1, np.shape(x)[-2], 3) for x in (a, b))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, a.shape[1], size=(n, a.shape[1]))
+
+    def f1(c: np.ndarray, ix) -> np.ndarray:
+        s = c[:, ix].sum(axis=(0, -2))  # [..., 3]
+        p = np.divide(s[..., 0], s[..., 1], out=np.zeros(s.shape[:-1]), where=s[..., 1] > 0)
+        r = np.divide(s[..., 0], s[..., 2], out=np.zeros(s.shape[:-1]), where=s[..., 2] > 0)
+        return np.divide(2 * p * r, p + r, out=np.zeros(s.shape[:-1]), where=(p + r) > 0)
+
+    full = float(f1(b, slice(None)) - f1(a, slice(None)))
+    d = f1(b, idx) - f1(a, idx)
+    lo, hi = np.percentile(d, [2.5, 97.5])
+    return {"diff": 100 * full, "lo": 100 * float(lo), "hi": 100 * float(hi), "p_le_0": float((d <= 0).mean())}
+
+
 @dataclass
 class Score:
     name: str
@@ -310,6 +333,7 @@ class Evaluation:
     positions: dict[str, list[float | None]]
     n: int
     position_counts: dict[str, list] = field(default_factory=dict)
+    ilp_counts: list = field(default_factory=list)  # per graph (match, test, gold): paired comparisons
 
     def to_json(self) -> dict:
         return {
@@ -320,6 +344,7 @@ class Evaluation:
             "position_f1": self.positions,
             "position_recall": {k: position_recall(np.asarray(v)) for k, v in self.position_counts.items()},
             "position_counts": self.position_counts,
+            "ilp_counts": self.ilp_counts,
         }
 
     def rows(self) -> list[dict]:
@@ -336,7 +361,7 @@ def evaluate(pred: list[AmrGraph], gold: list[AmrGraph], seed: int = 0) -> Evalu
         raise LmlabError(f"{len(pred)} predicted graphs vs {len(gold)} gold graphs", hint="the files must align 1:1")
     p_lines, g_lines = [one_line(g) for g in pred], [one_line(g) for g in gold]
     snow, _ = smatch_snowblink(p_lines, g_lines, seed)
-    ilp, _ = smatch_ilp(p_lines, g_lines, seed)
+    ilp, ilp_counts = smatch_ilp(p_lines, g_lines, seed)
     t0 = time.perf_counter()
     sub: dict[str, list] = {k: [] for k in SUBSCORES}
     pos = {"nodes": np.zeros((BINS, 4)), "edges": np.zeros((BINS, 4))}
@@ -356,6 +381,7 @@ def evaluate(pred: list[AmrGraph], gold: list[AmrGraph], seed: int = 0) -> Evalu
         {k: position_f1(v) for k, v in pos.items()},
         len(pred),
         {k: v.tolist() for k, v in pos.items()},
+        [list(c) for c in ilp_counts],
     )
 
 

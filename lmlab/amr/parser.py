@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -140,6 +141,104 @@ class AmrTokenizer:
         return [*self.graph_ids(tokens), self.sid["</AMR>"]]
 
 
+_WORD = re.compile(r"[A-Za-z]+|\d+|[^\sA-Za-z\d]")
+_SENSE = re.compile(r"^(.*[^\d-])(-\d\d+)$")
+_SENSE_PIECE = re.compile(r"^-\d\d+$")
+
+
+class WordTokenizer:
+    """A word-level vocabulary shared by sentence and graph, for parsers trained from scratch on small corpora.
+
+    Why: with the BPE vocabulary, the sentence word `prince` (BPE pieces) and the concept `prince` (an added token)
+    have unrelated embeddings, so a from-scratch model must learn every word -> concept correspondence from a
+    thousand examples. Here a sentence word and a concept (or a frame's lemma) of the same spelling are the SAME
+    id, and BART ties input and output embeddings, so copying a word into the graph is the easy thing to learn.
+    A frame is two pieces, lemma + sense (`see-01` -> `see`, `-01`): the lemma is shared with the word and
+    the sense pieces are a small closed set. Sentence words are lower-cased; out-of-vocabulary items become `<unk>`
+    (a concept `<unk>` decodes as `thing`). Same interface as `AmrTokenizer`; saved as `amr_vocab.json`.
+    """
+
+    FILE = "amr_vocab.json"
+
+    def __init__(self, vocab: list[str]):
+        self.vocab = vocab
+        self.ids = {t: i for i, t in enumerate(vocab)}
+        self.sid = {t: self.ids[t] for t in SPECIALS}
+
+    @staticmethod
+    def words(sentence: str) -> list[str]:
+        return [w.lower() for w in _WORD.findall(sentence)]
+
+    @staticmethod
+    def pieces(token: str) -> list[str]:
+        m = _SENSE.match(token)
+        return [m.group(1), m.group(2)] if m and not token.startswith('"') else [token]
+
+    @classmethod
+    def train(cls, graphs: list[AmrGraph], min_count: int = 1) -> WordTokenizer:
+        counts: Counter = Counter()
+        for g in graphs:
+            counts.update(cls.words(g.sentence))
+            for t in linearize(g.tree):
+                if not POINTER.match(t):
+                    counts.update(cls.pieces(t))
+        fixed = SPECIALS + ["(", ")"] + [f"<pointer:{k}>" for k in range(MAX_POINTERS)]
+        rest = sorted(
+            (t for t, c in counts.items() if c >= min_count and t not in fixed), key=lambda t: (-counts[t], t)
+        )
+        return cls(fixed + rest)
+
+    def save(self, path: Path) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / self.FILE).write_text(json.dumps(self.vocab))
+
+    @classmethod
+    def load(cls, path: Path) -> WordTokenizer:
+        return cls(json.loads((Path(path) / cls.FILE).read_text()))
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def _id(self, t: str) -> int:
+        return self.ids.get(t, self.sid["<unk>"])
+
+    def graph_ids(self, tokens: list[str]) -> list[int]:
+        return [self._id(p) for t in tokens for p in self.pieces(t)]
+
+    def graph_tokens(self, ids: list[int]) -> list[str]:
+        """Inverse of graph_ids (a sense piece joins the token before it); stops at </AMR>."""
+        s = self.sid
+        toks: list[str] = []
+        for i in ids:
+            if i == s["</AMR>"]:
+                break
+            if i in (s["<pad>"], s["<AMR>"], s["<s>"]):
+                continue
+            t = self.vocab[i] if 0 <= i < len(self.vocab) else "<unk>"
+            t = "thing" if t == "<unk>" else t
+            if _SENSE_PIECE.match(t) and toks and toks[-1] not in ("(", ")") and not toks[-1].startswith((":", "<")):
+                toks[-1] += t
+            else:
+                toks.append(t)
+        return toks
+
+    def text_input(self, sentence: str) -> list[int]:
+        s = self.sid
+        return [s["<s>"], *(self._id(w) for w in self.words(sentence)), s["</s>"], s["<AMR>"], s["<mask>"], s["</AMR>"]]
+
+    def graph_input(self, tokens: list[str]) -> list[int]:
+        s = self.sid
+        return [s["<s>"], s["<mask>"], s["</s>"], s["<AMR>"], s["<dfs_NRL>"], *self.graph_ids(tokens), s["</AMR>"]]
+
+    def target(self, tokens: list[str]) -> list[int]:
+        return [*self.graph_ids(tokens), self.sid["</AMR>"]]
+
+
+def load_tokenizer(path: Path):
+    """The tokenizer saved in a parser or tokenizer directory (word vocabulary or HF BPE)."""
+    return WordTokenizer.load(path) if (Path(path) / WordTokenizer.FILE).is_file() else AmrTokenizer.load(path)
+
+
 def _pad(rows: list[list[int]], value: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     rows = [r[:max_len] for r in rows]
     n = max(len(r) for r in rows)
@@ -221,7 +320,7 @@ class Parser:
         model_cls = RglBart if kind == "rgl" else BartForConditionalGeneration
         model = model_cls.from_pretrained(str(path))
         reverse = cls.load(path / "reverse") if kind == "rgl" else None
-        return cls(AmrTokenizer.load(path), model, meta.get("order", "nlr"), reverse)
+        return cls(load_tokenizer(path), model, meta.get("order", "nlr"), reverse)
 
     # ---- parsing ----
     @torch.no_grad()
@@ -308,15 +407,23 @@ def _targets(tok: AmrTokenizer, rows: list[list[int]], max_len: int) -> tuple[to
 
 
 def train_plain(
-    graphs: list[AmrGraph], order: str, st: TrainSettings, tok: AmrTokenizer | None = None, log=None
+    graphs: list[AmrGraph],
+    order: str,
+    st: TrainSettings,
+    tok: AmrTokenizer | WordTokenizer | None = None,
+    log=None,
+    init: Parser | None = None,
 ) -> Parser:
-    """A one-order parser (NLR default or NRL reverse): label-smoothed CE, AdamW, warm-up + cosine."""
+    """A one-order parser (NLR default or NRL reverse): label-smoothed CE, AdamW, warm-up + cosine. `init`:
+    continue from a copy of that parser's weights (and use its tokenizer) instead of a fresh model."""
+    import copy
+
     from lmlab.core.train import TrainConfig, train
 
-    tok = tok or AmrTokenizer.train(graphs, st.vocab_size)
+    tok = init.tok if init is not None else (tok or AmrTokenizer.train(graphs, st.vocab_size))
     src = [tok.text_input(g.sentence) for g in graphs]
     tgt = [tok.target(linearize(g.tree, order)) for g in graphs]
-    model = _plain_model(tok, st)
+    model = copy.deepcopy(init.model) if init is not None else _plain_model(tok, st)
     pad = tok.sid["<pad>"]
     batches = (
         [src[i] for i in b] + [tgt[i] for i in b]
@@ -343,12 +450,21 @@ def train_plain(
     return Parser(tok, model, order)
 
 
-def train_rgl(graphs: list[AmrGraph], silver: list[list[str]], reverse: Parser, st: TrainSettings, log=None) -> Parser:
-    """Pass 2 of RGL: every step a teacher pass (gold y^r) and a student pass (silver y^r) of the same model."""
+def train_rgl(
+    graphs: list[AmrGraph],
+    silver: list[list[str]],
+    reverse: Parser,
+    st: TrainSettings,
+    log=None,
+    init: Parser | None = None,
+) -> Parser:
+    """Pass 2 of RGL: every step a teacher pass (gold y^r) and a student pass (silver y^r) of the same model.
+    The BART part starts fresh, or from `init` (a trained plain parser: the stand-in for the pretrained
+    AMRBART the official code starts from); the new parts are initialised as the official code does."""
     from lmlab.core.train import TrainConfig, train
 
     tok = reverse.tok
-    base = _plain_model(tok, st)
+    base = init.model if init is not None else _plain_model(tok, st)
     model = RglBart.from_plain(base, gate_dim=st.gate_dim)
     pad = tok.sid["<pad>"]
     src = [tok.text_input(g.sentence) for g in graphs]
@@ -401,4 +517,13 @@ def timed(fn, *a, **kw):
     return out, time.perf_counter() - t0
 
 
-__all__ = ["AmrTokenizer", "Parser", "TrainSettings", "train_plain", "train_rgl", "POINTER"]
+__all__ = [
+    "AmrTokenizer",
+    "WordTokenizer",
+    "load_tokenizer",
+    "Parser",
+    "TrainSettings",
+    "train_plain",
+    "train_rgl",
+    "POINTER",
+]
