@@ -171,9 +171,10 @@ class Learner:
                 else:
                     opt.zero_grad(set_to_none=True)
 
-    def _ce(self, local: Tensor, n: int, delta: Tensor | None = None) -> Tensor:
-        x, mask, pos = self.feats.take(local)
-        raw = self.net.raw(x if delta is None else x + delta, mask, pos)
+    def _ce(self, local: Tensor, n: int, x: Tensor | None = None) -> Tensor:
+        """CE of the rows `local` (sum / global batch `n`); `x` replaces their cached input (FreeLB's x + delta)."""
+        x0, mask, pos = self.feats.take(local)
+        raw = self.net.raw(x0 if x is None else x, mask, pos)
         return F.cross_entropy(self.net.logits(raw), self._labels(local), reduction="sum") / n
 
     # --- stage 1 --------------------------------------------------------------------------------------------------
@@ -233,7 +234,8 @@ class Learner:
                               reduction="sum") / n  # fmt: skip
             (self.h.cp_lambda * con).backward()
         k = self.h.adv_k if self.m.adv else 1  # K = 1 is the clean CE
-        freelb_backward(lambda d: self._ce(local, n, d), x, k, self.h.adv_lr, self.h.adv_max_norm)
+        # freelb_backward calls loss_fn(x + delta): the perturbed input itself, not a delta to add again
+        freelb_backward(lambda xd: self._ce(local, n, xd), x, k, self.h.adv_lr, self.h.adv_max_norm)
 
     # --- representations, memory, evaluation ----------------------------------------------------------------------
     @torch.no_grad()
