@@ -77,7 +77,10 @@ def run(
     dist: Dist | None = None,
     prepared: tuple[list[Benchmark], Features, object] | None = None,
     log=None,
+    only: list[int] | None = None,
 ) -> list[dict]:
+    """Results of `orders` (finished ones read back). `only`: train just these orders and skip unfinished others
+    (a worker's share of a parallel reproduction; the text table still spans all `orders`)."""
     m = parse_method(method) if isinstance(method, str) else method
     hyper = hyper or spec_hyper(spec)
     benches, table, model = prepared or prepare(spec, orders, setup)
@@ -91,6 +94,8 @@ def run(
         done = None if odir is None else odir / "result.json"
         if done is not None and done.exists():
             results.append(json.loads(done.read_text()))
+            continue
+        if only is not None and r not in only:
             continue
         split, index, test_labels = order_views(bench, table_rows)
         net = make_net(model, setup, spec.task_type, len(bench.labels), hyper, hyper.seed + bench.seed)
