@@ -146,6 +146,12 @@ def run(ctx: ReproduceContext, workers: int | None = None) -> Section:
         an = _analog_gap(results, bench, "er")
         verdicts.append(Verdict(f"{bench}: under ER, old classes with a later analogous class are forgotten more",
                                 f"acc(without analog) − acc(with analog) = {_fmt(an)}", _holds(an, +1)))  # fmt: skip
+        d_er = paired(results, bench, "infocl", "er", "erank_first_kept")
+        verdicts.append(Verdict(f"{bench}: InfoCL compresses the first task's representation less than ER",
+                                f"task-1 effective rank kept after the last task (%), InfoCL − ER = {_fmt(d_er)}",
+                                _holds(d_er, +1)))  # fmt: skip
+        d_ft = paired(results, bench, "er", "finetune", "erank_first_kept")
+        lines.append(f"- {bench}: task-1 effective rank kept (%), ER − fine-tune {_fmt(d_ft)}")
         gain_with = paired(results, bench, "infocl", "er", "acc_old_with_later_analog")
         gain_without = paired(results, bench, "infocl", "er", "acc_old_without_later_analog")
         lines.append(f"- {bench}: InfoCL − ER on old classes with a later analogous class {_fmt(gain_with)}, "

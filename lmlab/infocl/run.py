@@ -118,6 +118,12 @@ def run(
             "setup": asdict(setup),
             "hyper": asdict(hyper),
             **compute(bench.tasks, test_labels, state.preds, bench.groups),
+            # IB diagnostic (diagnostics.py): effective rank of task-1 classes' features after each task, and the
+            # share of it left after the last task (100 = no compression of the first task's representation)
+            "erank_first": state.erank_first,
+            "erank_first_kept": 100 * state.erank_first[-1] / state.erank_first[0]
+            if len(state.erank_first) == len(bench.tasks) and state.erank_first[0] > 0
+            else None,
         }
         if done is not None and (dist is None or dist.main):
             atomic_write_text(done, json.dumps(res))

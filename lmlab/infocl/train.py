@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.paths import atomic_dir
+from .diagnostics import effective_rank
 from .encoder import Features
 from .losses import freelb_backward, sup_infonce
 from .methods import Hyper, Method
@@ -107,6 +108,7 @@ class OrderState:
     past_bank: Tensor | None = None
     past_labels: Tensor | None = None
     preds: list[list[int]] = field(default_factory=list)  # after each task: prediction for every test row
+    erank_first: list[float] = field(default_factory=list)  # after each task: effective rank, task-1 test features
     seconds: float = 0.0
 
 
@@ -275,6 +277,12 @@ class Learner:
         g = torch.Generator().manual_seed(_seed(self.h.seed, "memory", label))
         return [int(r) for r in rows[torch.randperm(len(rows), generator=g)[:m]]]
 
+    def _erank(self, classes: list[int]) -> float:
+        """IB diagnostic: effective rank of the classifier-projection features of these classes' test rows (eval
+        mode: no dropout draw, so training is unchanged)."""
+        rows = torch.cat([self.split.test[c] for c in classes])
+        return effective_rank(self._apply(rows, self.net.features))
+
     def _memory_rows(self) -> Tensor:
         return torch.tensor([r for lab in sorted(self.state.memory) for r in self.state.memory[lab]], dtype=torch.long)
 
@@ -345,6 +353,7 @@ class Learner:
                 else:
                     self._train(mem_rows, self.h.stage2_epochs, "stage2", self._default_step, False)
             self.state.preds.append(self._predict(seen, cur))
+            self.state.erank_first.append(self._erank(self.tasks[0]))
             if self.m.cpcl:
                 mem_rows = self._memory_rows()
                 self.state.past_bank = self._online_repr(mem_rows)

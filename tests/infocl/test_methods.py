@@ -90,6 +90,8 @@ def test_resume_continues_from_the_last_finished_task(tmp_path):
     assert trained == [2]  # only the third task was trained again
     assert resumed.preds == whole.preds  # exactly the uninterrupted run (dropout seeded per task)
     assert resumed.memory == whole.memory
+    assert resumed.erank_first == whole.erank_first and len(whole.erank_first) == 3  # IB diagnostic, every task
+    assert all(1 <= e <= 16 for e in whole.erank_first)
 
 
 def test_stage2_adversarial_step_perturbs_the_input_not_doubles_it():
