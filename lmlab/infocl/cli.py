@@ -108,13 +108,18 @@ def reproduce(
     quick: bool = typer.Option(False, "--quick", help="3 orders, 2 epochs per stage, heads on frozen MiniLM."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results here."),
     out: Path = typer.Option(Path("runs/infocl-reproduce"), "--out"),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="Processes for the independent runs (default: one per core, at most 2)."
+    ),
 ) -> None:
     """CLINC150 + HWU64, >= 3 task orders: fine-tune, ER, each InfoCL component, InfoCL, DER++, joint."""
     from ..core.report import ReproduceContext
     from .reproduce import run as reproduce_run
 
     out.mkdir(parents=True, exist_ok=True)
-    sec = reproduce_run(ReproduceContext(out_dir=out, quick=quick))
+    if workers is not None and workers < 1:
+        raise LmlabError(f"--workers {workers}: need at least 1", hint="e.g. --workers 2")
+    sec = reproduce_run(ReproduceContext(out_dir=out, quick=quick), workers=workers)
     typer.echo(sec.markdown)
     for v in sec.verdicts:
         typer.echo(f"- {v.claim}: {v.measured} -> {v.holds}")

@@ -88,9 +88,10 @@ class InfoCLNet(nn.Module):
         assert self.target is not None
         pairs = [(self.upper, self.target["upper"]), (self.online_pooler, self.target["pooler"]),
                  (self.online_projection, self.target["projection"])]  # fmt: skip
-        for online, target in pairs:
-            for op, tp in zip(online.parameters(), target.parameters()):
-                tp.mul_(decay).add_(op.detach(), alpha=1 - decay)
+        tps = [tp for online, target in pairs for tp in target.parameters()]
+        ops = [op.detach() for online, target in pairs for op in online.parameters()]
+        torch._foreach_mul_(tps, decay)  # the same two ops per tensor as mul_(decay).add_(op, alpha), batched
+        torch._foreach_add_(tps, ops, alpha=1 - decay)
 
     @torch.no_grad()
     def push_queue(self, keys: Tensor, labels: Tensor, size: int) -> None:

@@ -77,7 +77,10 @@ def run(
     dist: Dist | None = None,
     prepared: tuple[list[Benchmark], Features, object] | None = None,
     log=None,
+    only: list[int] | None = None,
 ) -> list[dict]:
+    """Results of `orders` (finished ones read back). `only`: train just these orders and skip unfinished others
+    (a worker's share of a parallel reproduction; the text table still spans all `orders`)."""
     m = parse_method(method) if isinstance(method, str) else method
     hyper = hyper or spec_hyper(spec)
     benches, table, model = prepared or prepare(spec, orders, setup)
@@ -91,6 +94,8 @@ def run(
         done = None if odir is None else odir / "result.json"
         if done is not None and done.exists():
             results.append(json.loads(done.read_text()))
+            continue
+        if only is not None and r not in only:
             continue
         split, index, test_labels = order_views(bench, table_rows)
         net = make_net(model, setup, spec.task_type, len(bench.labels), hyper, hyper.seed + bench.seed)
@@ -113,6 +118,12 @@ def run(
             "setup": asdict(setup),
             "hyper": asdict(hyper),
             **compute(bench.tasks, test_labels, state.preds, bench.groups),
+            # IB diagnostic (diagnostics.py): effective rank of task-1 classes' features after each task, and the
+            # share of it left after the last task (100 = no compression of the first task's representation)
+            "erank_first": state.erank_first,
+            "erank_first_kept": 100 * state.erank_first[-1] / state.erank_first[0]
+            if len(state.erank_first) == len(bench.tasks) and state.erank_first[0] > 0
+            else None,
         }
         if done is not None and (dist is None or dist.main):
             atomic_write_text(done, json.dumps(res))

@@ -24,7 +24,8 @@ def summarize(results: list[dict]) -> list[dict]:
         row = {"benchmark": bench, "method": method, "orders": len(rs)}
         for key, name in (("final_acc", "final acc"), ("forgetting", "forgetting"), ("bwt", "BWT"),
                           ("acc_old_with_later_analog", "old w/ analog"), ("acc_old_without_later_analog", "old w/o analog"),
-                          ("analogous_error_share", "analog err %")):  # fmt: skip
+                          ("analogous_error_share", "analog err %"),
+                          ("erank_first_kept", "task-1 erank kept %")):  # fmt: skip
             m, s = _ms([r.get(key) for r in rs])
             row[name] = f"{m:.1f} ± {s:.1f}"
         row["seconds"] = round(sum(r["seconds"] for r in rs), 1)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.paths import atomic_dir
+from .diagnostics import effective_rank
 from .encoder import Features
 from .losses import freelb_backward, sup_infonce
 from .methods import Hyper, Method
@@ -107,7 +108,20 @@ class OrderState:
     past_bank: Tensor | None = None
     past_labels: Tensor | None = None
     preds: list[list[int]] = field(default_factory=list)  # after each task: prediction for every test row
+    erank_first: list[float] = field(default_factory=list)  # after each task: effective rank, task-1 test features
     seconds: float = 0.0
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> None:
+    """`torch.nn.utils.clip_grad_norm_` (total L2 norm over all gradients, scale by max_norm / (norm + 1e-6) when
+    above), but without its unconditional multiply by clamp(coef, max=1) = 1.0 when below: the same gradients,
+    one pass over them fewer (0.58 -> 0.31 ms per step here)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    if float(norm) > max_norm:
+        torch._foreach_mul_(grads, max_norm / (norm + 1e-6))
 
 
 def _seed(*parts: object) -> int:
@@ -136,9 +150,11 @@ class Learner:
         return self.row_label[rows]
 
     def _optimizer(self, steps_per_epoch: int, warmup: bool):
-        opt = torch.optim.AdamW(
-            self.net.trainable_groups(self.h.encoder_lr, self.h.head_lr, self.h.weight_decay), foreach=True
-        )
+        groups = self.net.trainable_groups(self.h.encoder_lr, self.h.head_lr, self.h.weight_decay)
+        self._param_list = [p for g in groups for p in g["params"]]
+        # fused AdamW: one pass over each tensor instead of ~12 foreach passes; the heads are small, so the step is
+        # memory- and overhead-bound and this was 4.0 -> 1.1 ms CPU per step (InfoCL's heads, 1 thread, AVX2 EPYC)
+        opt = torch.optim.AdamW(groups, fused=True)
         total = max(1, self.h.warmup_epochs * steps_per_epoch)
         # InfoCL: lambda step: step / (warmup_epochs * len) if step <= warmup_epochs * len else 1 (starts at 0)
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -146,13 +162,10 @@ class Learner:
         )
         return opt, sched
 
-    def _params(self) -> list[torch.nn.Parameter]:
-        return [p for g in self.net.trainable_groups(0, 0) for p in g["params"]]
-
     def _step(self, opt, sched) -> None:
-        params = self._params()
+        params = self._param_list  # the optimizer's parameters (walking the modules every step cost ~1.4 ms)
         self.dist.sum_grads(params)
-        torch.nn.utils.clip_grad_norm_(params, self.h.grad_clip)
+        clip_grad_norm(params, self.h.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -171,9 +184,10 @@ class Learner:
                 else:
                     opt.zero_grad(set_to_none=True)
 
-    def _ce(self, local: Tensor, n: int, delta: Tensor | None = None) -> Tensor:
-        x, mask, pos = self.feats.take(local)
-        raw = self.net.raw(x if delta is None else x + delta, mask, pos)
+    def _ce(self, local: Tensor, n: int, x: Tensor | None = None) -> Tensor:
+        """CE of the rows `local` (sum / global batch `n`); `x` replaces their cached input (FreeLB's x + delta)."""
+        x0, mask, pos = self.feats.take(local)
+        raw = self.net.raw(x0 if x is None else x, mask, pos)
         return F.cross_entropy(self.net.logits(raw), self._labels(local), reduction="sum") / n
 
     # --- stage 1 --------------------------------------------------------------------------------------------------
@@ -233,7 +247,8 @@ class Learner:
                               reduction="sum") / n  # fmt: skip
             (self.h.cp_lambda * con).backward()
         k = self.h.adv_k if self.m.adv else 1  # K = 1 is the clean CE
-        freelb_backward(lambda d: self._ce(local, n, d), x, k, self.h.adv_lr, self.h.adv_max_norm)
+        # freelb_backward calls loss_fn(x + delta): the perturbed input itself, not a delta to add again
+        freelb_backward(lambda xd: self._ce(local, n, xd), x, k, self.h.adv_lr, self.h.adv_max_norm)
 
     # --- representations, memory, evaluation ----------------------------------------------------------------------
     @torch.no_grad()
@@ -261,6 +276,12 @@ class Learner:
             return [int(rows[int(np.argmin(dist[:, j]))]) for j in range(m)]  # duplicates allowed, as InfoCL
         g = torch.Generator().manual_seed(_seed(self.h.seed, "memory", label))
         return [int(r) for r in rows[torch.randperm(len(rows), generator=g)[:m]]]
+
+    def _erank(self, classes: list[int]) -> float:
+        """IB diagnostic: effective rank of the classifier-projection features of these classes' test rows (eval
+        mode: no dropout draw, so training is unchanged)."""
+        rows = torch.cat([self.split.test[c] for c in classes])
+        return effective_rank(self._apply(rows, self.net.features))
 
     def _memory_rows(self) -> Tensor:
         return torch.tensor([r for lab in sorted(self.state.memory) for r in self.state.memory[lab]], dtype=torch.long)
@@ -332,6 +353,7 @@ class Learner:
                 else:
                     self._train(mem_rows, self.h.stage2_epochs, "stage2", self._default_step, False)
             self.state.preds.append(self._predict(seen, cur))
+            self.state.erank_first.append(self._erank(self.tasks[0]))
             if self.m.cpcl:
                 mem_rows = self._memory_rows()
                 self.state.past_bank = self._online_repr(mem_rows)
@@ -356,7 +378,13 @@ class Learner:
                         "target": None if self.net.target is None else self.net.target.state_dict(),
                         "queue": self.net.queue,
                         "queue_labels": self.net.queue_labels,
-                        "state": self.state.__dict__,
+                        # predictions and memory as tensors: torch.save pickles a list element by element
+                        # (a persistent_id call per int; 77 ms per checkpoint of CLINC150's 4,500 test rows)
+                        "state": {
+                            **self.state.__dict__,
+                            "preds": torch.tensor(self.state.preds, dtype=torch.int32),
+                            "memory": {c: torch.tensor(r, dtype=torch.long) for c, r in self.state.memory.items()},
+                        },
                     },
                     tmp / "state.pt",
                 )
@@ -373,7 +401,11 @@ class Learner:
             self.net.target.load_state_dict(d["target"])
         self.net.load_state_dict({**d["net"], "queue": d["queue"], "queue_labels": d["queue_labels"]}, strict=False)
         self.net.queue, self.net.queue_labels = d["queue"], d["queue_labels"]
-        self.state = OrderState(**d["state"])
+        st = d["state"]
+        preds, memory = st["preds"], st["memory"]
+        st["preds"] = preds.tolist() if isinstance(preds, Tensor) else preds
+        st["memory"] = {c: (r.tolist() if isinstance(r, Tensor) else r) for c, r in memory.items()}
+        self.state = OrderState(**st)
         for lab, lg in self.state.mem_logits.items():
             for r, row in zip(self.state.memory[lab], lg):
                 self.row_logit[r] = row

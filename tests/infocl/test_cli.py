@@ -67,3 +67,22 @@ def test_orders_export(bench, tmp_path):
     rows = json.loads((tmp_path / "o.json").read_text())
     assert [x["seed"] for x in rows] == [2021, 2121, 2221, 2321, 2421]
     assert rows[0]["tasks"][0][0] == "weather_query"
+
+
+def test_orders_run_apart_equal_one_run(tmp_path):
+    """The parallel reproduction runs each (method, order) as its own job (`only=`): the same results as one call."""
+    from lmlab.infocl.data import file_spec
+    from lmlab.infocl.run import Setup, prepare, run, spec_hyper
+
+    rows = [{"text": f"{w} question {i} on {w}", "label": w} for w in ["ant", "bee", "cat", "dog"] for i in range(10)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    spec = file_spec(data, 2, 2)
+    prep = prepare(spec, [0, 1], Setup())
+    hyper = spec_hyper(spec, stage1_epochs=1, stage2_epochs=1)
+    whole = run(spec, "er+kmeans", [0, 1], tmp_path / "a", Setup(), hyper, prepared=prep)
+    part = run(spec, "er+kmeans", [0, 1], tmp_path / "b", Setup(), hyper, prepared=prep, only=[1])
+    rest = run(spec, "er+kmeans", [0, 1], tmp_path / "b", Setup(), hyper, prepared=prep)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in whole]
+    assert [r["order"] for r in part] == [1] and {k: v for k, v in part[0].items() if k != "seconds"} == strip[1]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in rest] == strip

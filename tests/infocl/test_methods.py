@@ -90,3 +90,22 @@ def test_resume_continues_from_the_last_finished_task(tmp_path):
     assert trained == [2]  # only the third task was trained again
     assert resumed.preds == whole.preds  # exactly the uninterrupted run (dropout seeded per task)
     assert resumed.memory == whole.memory
+    assert resumed.erank_first == whole.erank_first and len(whole.erank_first) == 3  # IB diagnostic, every task
+    assert all(1 <= e <= 16 for e in whole.erank_first)
+
+
+def test_stage2_adversarial_step_perturbs_the_input_not_doubles_it():
+    """FreeLB with step 0 keeps delta = 0, so the stage-2 step must give exactly the clean CE gradient on x
+    (a loss_fn that added x again trained stage 2 on 2x + delta)."""
+    feats, split = toy()
+    grads = []
+    for method, step in (("er", "_default_step"), ("er+adv", "_new_old_step")):
+        learner = Learner(net(dropout=0.0, proj_dropout=0.0), feats, split, TASKS, parse_method(method),
+                          hyper(adv_lr=0.0))  # fmt: skip
+        learner.row_label = torch.full((len(feats),), -1, dtype=torch.long)
+        for lab, rows in split.train.items():
+            learner.row_label[rows] = lab
+        idx = torch.cat([split.train[0][:4], split.train[1][:4]])
+        getattr(learner, step)(idx, idx, [len(idx)])
+        grads.append(learner.net.classifier.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
