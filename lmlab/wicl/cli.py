@@ -110,7 +110,7 @@ def run(
     balanced: bool = typer.Option(False, "--balanced", help="Class-balanced demonstrations."),
     label_mode: str = typer.Option("sum", "--label-mode", help="sum (multi-token words) | first (official) | single."),
     corr_vectors: int = typer.Option(0, "--corr-vectors", help="Also rank N random weight vectors by each indicator."),
-    batch_rows: int = typer.Option(32, "--batch-rows"),
+    batch_rows: int = typer.Option(64, "--batch-rows"),
     out: Path = typer.Option(Path("wicl_runs.jsonl"), "--out", "-o", help="JSON lines, one per seed (resumable)."),
 ) -> None:
     """ICL vs WICL per seed: demonstrations, uniform accuracy, searched weights and their accuracy (JSON lines)."""

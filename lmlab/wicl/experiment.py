@@ -41,7 +41,7 @@ class RunConfig:
     layers: list[int] | None = None
     heads: list[int] | None = None
     label_mode: str = "sum"
-    batch_rows: int = 32
+    batch_rows: int = 64
     corr_vectors: int = 0  # > 0: also the indicator study with this many random weight vectors per seed
     search: bool = True  # False: only the indicator study (no ICL/WICL comparison)
 
