@@ -28,8 +28,15 @@ def test_report_and_verdicts(monkeypatch, tmp_path):
     monkeypatch.setattr(rep, "load_lm", lambda model: None)
     res = rep.reproduce(quick=True, out_dir=tmp_path)
     v = {x["claim"]: x["holds"] for x in res["verdicts"]}
-    assert v["WICL (SKM, MSP beam search) beats uniform ICL by a large margin"] is True  # +5 points, tight CI
-    assert v["WICL (SAW, MSP beam search) beats uniform ICL by a large margin"] is False  # exactly 0: 2 points excluded
+    big = "beats uniform ICL by a large margin (>= 2 points)"
+    assert v[f"WICL (SKM, MSP beam search) {big}"] is True  # +5 points, tight CI
+    assert v["WICL (SKM, MSP beam search) beats uniform ICL"] is True
+    assert v[f"WICL (SAW, MSP beam search) {big}"] is False  # exactly 0: 2 points excluded
+    assert v["WICL (SAW, MSP beam search) beats uniform ICL"] is None  # exactly 0: inconclusive, not a loss
     assert v["MSP correlates with ICL accuracy (SKM)"] is True
+    assert v["msp_span correlates with accuracy better than msp_last_token (SKM)"] is True
+    assert v["msp_span correlates with accuracy better than validate (SKM)"] is True
+    for x in res["verdicts"]:  # every verdict states its seeds and an interval
+        assert x["seeds"] and x["interval"] is not None and x["status"] in ("holds", "does not hold", "inconclusive")
     assert "Best-correlating indicator (SKM, pooled): msp_span" in res["markdown"]
     assert len(res["per_task"]) == 2 * len(rep.QUICK["tasks"])
