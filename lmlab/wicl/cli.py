@@ -200,11 +200,12 @@ def reproduce(
     json_path: Path = typer.Option(Path("wicl_reproduce.json"), "--json", help="Write the results here."),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
     out_dir: Path = typer.Option(Path("runs/wicl"), "--out-dir", help="Per-seed JSON lines (resumable) go here."),
+    report_only: bool = typer.Option(False, "--report-only", help="Report the seeds cached in --out-dir; run none."),
 ) -> None:
     """The paper's claims at SmolLM2-135M scale: ICL vs WICL (SKM, SAW) per task, and MSP vs accuracy."""
     from .reproduce import reproduce as rep
 
-    res = rep(quick=quick, model=model, out_dir=out_dir, log=lambda m: typer.echo(m, err=True))
+    res = rep(quick=quick, model=model, out_dir=out_dir, log=lambda m: typer.echo(m, err=True), compute=not report_only)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     from lmlab.core.paths import atomic_write_text
 

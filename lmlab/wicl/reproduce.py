@@ -67,13 +67,15 @@ def reproduce(
     model: str = "smollm2-135m-instruct",
     out_dir: Path = Path("runs/wicl"),
     log: Callable[[str], None] | None = None,
+    compute: bool = True,
 ) -> dict[str, Any]:
+    """compute=False: report only the seeds already cached in out_dir (every verdict states how many)."""
     import torch
 
     torch.set_grad_enabled(False)
     P = QUICK if quick else FULL
     t0, c0 = time.perf_counter(), time.process_time()
-    lm = load_lm(model)
+    lm = load_lm(model) if compute else None
     out_dir = Path(out_dir)
     placements = ["skm", "saw"]
     corr_placements = ["skm"]  # the indicator study costs (vectors + 1) x evaluation per seed: one placement
@@ -83,7 +85,9 @@ def reproduce(
         seeds = list(range(P["seeds"]))
         cfg = RunConfig(shots=8, seeds=seeds, placements=placements, eval_n=P["eval_n"], val_n=P["val_n"])
         path = out_dir / f"{'quick' if quick else 'full'}_{model.replace('/', '_')}_{name}.jsonl"
-        rows = run_task(lm, task, cfg, path, log)
+        rows = run_task(lm, task, cfg, path, log, compute)
+        if not rows:
+            continue
         for p in placements:
             diffs_by[(name, p)] = [r[p]["acc"] - r["icl_acc"] for r in rows]
             per_task.append({"task": name, "placement": p, **paired_summary(rows, p)})
@@ -98,7 +102,7 @@ def reproduce(
             corr_vectors=P["corr_vectors"],
             search=False,
         )
-        crow = run_task(lm, task, cc, path.with_name(path.stem + "_indicators.jsonl"), log)
+        crow = run_task(lm, task, cc, path.with_name(path.stem + "_indicators.jsonl"), log, compute)
         for p in corr_placements:
             for ind in ("msp_span", "msp_last_token", "validate"):
                 rhos = [r["indicator_study"][p]["rho"].get(ind) for r in crow]
@@ -133,7 +137,9 @@ def reproduce(
     n_tasks = len(P["tasks"])
     for p in placements:
         rs = [r for r in per_task if r["placement"] == p]
-        diffs = [100 * d for name in P["tasks"] for d in diffs_by[(name, p)]]
+        if not rs:
+            continue
+        diffs = [100 * d for name in P["tasks"] for d in diffs_by.get((name, p), [])]
         n_seeds = min(r["n_seeds"] for r in rs)
         m, lo, hi = bootstrap_ci(diffs)  # pooled (task, seed) pairs, resampled
         up = [r["task"] for r in rs if r["diff_ci"][0] > 0]

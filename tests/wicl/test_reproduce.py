@@ -10,7 +10,7 @@ from lmlab.wicl import reproduce as rep
 def test_report_and_verdicts(monkeypatch, tmp_path):
     rng = np.random.default_rng(0)
 
-    def fake_run_task(lm, task, cfg, out=None, log=None):
+    def fake_run_task(lm, task, cfg, out=None, log=None, compute=True):
         if not cfg.search:  # indicator study rows
             rows = []
             for s in cfg.seeds:
@@ -40,3 +40,16 @@ def test_report_and_verdicts(monkeypatch, tmp_path):
         assert x["seeds"] and x["interval"] is not None and x["status"] in ("holds", "does not hold", "inconclusive")
     assert "Best-correlating indicator (SKM, pooled): msp_span" in res["markdown"]
     assert len(res["per_task"]) == 2 * len(rep.QUICK["tasks"])
+
+
+def test_report_only_uses_cached_seeds(monkeypatch, tmp_path):
+    """An interrupted run's seeds give a report (compute=False runs nothing and says how many seeds it has)."""
+    import json
+
+    rows = [{"task": "trec", "seed": s, "icl_acc": 0.5, "skm": {"acc": 0.52}, "saw": {"acc": 0.5}} for s in range(3)]
+    (tmp_path / "quick_smollm2-135m-instruct_trec.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(rep, "load_lm", lambda model: (_ for _ in ()).throw(AssertionError("no model needed")))
+    res = rep.reproduce(quick=True, out_dir=tmp_path, compute=False)
+    assert [(r["task"], r["n_seeds"]) for r in res["per_task"]] == [("trec", 3), ("trec", 3)]
+    v = {x["claim"]: x for x in res["verdicts"]}
+    assert v["WICL (SKM, MSP beam search) beats uniform ICL"]["seeds"] == 3
