@@ -138,7 +138,6 @@ def reproduce(
         for r in per_task
     ]
     verdicts = []
-    n_tasks = len(P["tasks"])
     for p in placements:
         rs = [r for r in per_task if r["placement"] == p]
         if not rs:
@@ -149,7 +148,7 @@ def reproduce(
         up = [r["task"] for r in rs if r["diff_ci"][0] > 0]
         down = [r["task"] for r in rs if r["diff_ci"][1] < 0]
         where = (
-            f"{len(diffs)} (task, seed) pairs, {n_tasks} task(s) x {n_seeds} seeds; per-task 95% t-CI above 0: "
+            f"{len(diffs)} (task, seed) pairs, {len(rs)} task(s) x {n_seeds} seeds; per-task 95% t-CI above 0: "
             f"{up or 'none'}, below 0: {down or 'none'}"
         )
         for thr, what in ((0.0, "beats uniform ICL"), (2.0, "beats uniform ICL by a large margin (>= 2 points)")):
