@@ -25,7 +25,7 @@ import contextvars
 import copy
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -68,7 +68,6 @@ class RowState:
     key_visible: Tensor | None = None
     query_start: int = 0
     calls: int = 0
-    _cache: dict = field(default_factory=dict)
 
     def active(self, layer: int) -> bool:
         return self.weights is not None and (self.plan.layers is None or layer in self.plan.layers)
@@ -238,8 +237,16 @@ class HFLM:
         return (out.past_key_values, len(ids))
 
     @torch.no_grad()
-    def logits_at(self, prefix: Any, rows: list[list[int]], picks: list[list[int]], st: RowState) -> list[Tensor]:
-        """Logits [len(picks[r]), V] at positions picks[r] (indices into row r) for every row."""
+    def logits_at(
+        self,
+        prefix: Any,
+        rows: list[list[int]],
+        picks: list[list[int]],
+        st: RowState,
+        columns: list[int] | None = None,
+    ) -> list[Tensor]:
+        """Logits [len(picks[r]), V] at positions picks[r] (indices into row r) for every row (only the vocabulary
+        entries `columns`, if given)."""
         cache, P = prefix
         ids, _ = _pad(rows, self.device)
         R, T = ids.shape
@@ -264,81 +271,130 @@ class HFLM:
                 hint="use a model whose attention calls ALL_ATTENTION_FUNCTIONS (Llama, Qwen2, Mistral, GPT-2, OPT...)",
             )
         lg = out.logits.float()
+        if columns is not None:
+            lg = lg[..., torch.tensor(columns, device=self.device)]
         return [lg[r, torch.tensor(picks[r], device=self.device)] for r in range(R)]
 
 
 # ----------------------------------------------------------------------------------------------- native
-class _NativeAttention(nn.Module):
-    """Stands in for `lmlab.core.model.Attention` inside `NativeLM`: same projections and cache writes, then attention
-    over [shared demonstration prefix, the row's own tokens] with `reweight`. (A different module type, so the block
-    skips its fused kernel; the other layers are untouched.)"""
+def _linear(lin: nn.Module, x: Tensor) -> Tensor:
+    return lin(x)
 
-    def __init__(self, inner: nn.Module, layer: int, run: _NativeRun):
-        super().__init__()
-        self.inner, self.layer, self.run = inner, layer, run
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kc: Tensor, vc: Tensor, write: Any) -> Tensor:
-        from lmlab.core.model import apply_rope
+def _mlp(mlp: nn.Module, x: Tensor) -> Tensor:
+    from lmlab.core.model import MLP
 
-        a, run = self.inner, self.run
-        B, T, _ = x.shape
-        nh, nkv, hd = a.nh, a.nkv, a.hd
-        q, k, v = a.wqkv(x).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
-        q = apply_rope(q.view(B, T, nh, hd).transpose(1, 2), cos, sin)
-        k = apply_rope(k.view(B, T, nkv, hd).transpose(1, 2), cos, sin)
-        v = v.view(B, T, nkv, hd).transpose(1, 2)
-        if write.start is not None:
-            kc[:, :, write.start : write.start + T] = k
-            vc[:, :, write.start : write.start + T] = v
-        else:
-            kc[write.rows, write.heads, write.slots] = k
-            vc[write.rows, write.heads, write.slots] = v
-        keys, vals = kc[:, :, : write.used], vc[:, :, : write.used]
-        pk, pv = run.k[self.layer], run.v[self.layer]  # [1, nkv, P, hd]
-        P, U, g = pk.shape[2], write.used, nh // nkv
-        q5 = q.reshape(B, nkv, g * T, hd)
-        scale = 1.0 / math.sqrt(hd)
-        scores = (
-            torch.cat([q5 @ pk.transpose(-1, -2), q5 @ keys.transpose(-1, -2)], -1).reshape(B, nh, T, P + U) * scale
-        )
-        if write.mask is not None:
-            vis = write.mask[:, 0].expand(B, T, U)
-            if vis.dtype != torch.bool:
-                vis = vis > float("-inf")
-        else:
-            vis = torch.ones(T, U, dtype=torch.bool, device=x.device).tril(U - T)[None].expand(B, T, U)
-        own = torch.zeros(B, 1, T, U, dtype=scores.dtype, device=x.device).masked_fill(~vis[:, None], float("-inf"))
-        pre = torch.zeros(B, 1, T, P, dtype=scores.dtype, device=x.device)
-        if run.st.key_visible is not None:
-            pre = pre.masked_fill(~run.st.key_visible[:, None, None, :], float("-inf"))
-        mask = torch.cat([pre, own], -1)
-        st = run.st
-        w = st.weights if st.active(self.layer) else None
-        qrows = None
-        if st.query_start > P:  # the prompt is in the rows themselves (no shared prefix): weights on query rows only
-            qrows = (torch.arange(T, device=x.device) + P + U - T) >= st.query_start
-        p = reweight(scores, mask, run.key_demo(P + U), w, st.plan.placement, st.head_sel(nh, x.device), qrows)
-        p5 = p.reshape(B, nkv, g * T, P + U)
-        y = (p5[..., :P] @ pv + p5[..., P:] @ vals).reshape(B, nh, T, hd)
-        return a.wo(y.transpose(1, 2).reshape(B, T, nh * hd))
+    if type(mlp) is not MLP:
+        return mlp(x)
+    gate, up = _linear(mlp.w13, x).split(mlp.inter, dim=-1)
+    return _linear(mlp.w2, torch.nn.functional.silu(gate).mul_(up))
 
 
 @dataclass
-class _NativeRun:
-    k: list[Tensor]
-    v: list[Tensor]
-    st: RowState
+class _Rows:
+    """What one native forward's attention needs besides the activations and the prefix K/V: the demonstration of
+    every key slot of [prefix, own tokens], per-row weights [B, k] and
+    prefix visibility [B, P], the first own position that gets weights (q0; 0 = all), placement, head subset."""
 
-    def key_demo(self, S: int) -> Tensor:
-        kd = self.st._cache.get(S)
-        if kd is None:
-            kd = self.st._cache[S] = self.st.plan.key_demo(S, self.k[0].device)
-        return kd
+    key_demo: Tensor
+    placement: str
+    heads: list[int] | None
+    q0: int
+    weights: Tensor | None = None
+    visible: Tensor | None = None
+
+
+def _block_attention(a: nn.Module, x: Tensor, cos: Tensor, sin: Tensor, pk: Tensor, pv: Tensor, r: _Rows, w):
+    """Attention of rows x [B, T, H] over [shared prefix (batch 1), the row's own tokens (causal)] with `reweight`'s
+    arithmetic, written for speed: the prefix scores are one GEMM per KV head over all rows (the prefix K/V are never
+    copied per row), the two key blocks are softmaxed jointly without concatenation, and SKM / masks / SAW are applied
+    in place, so no [rows, keys] bias tensor is built. SAW's renormalisation uses A@V = A_nd@V + r A_d@V with the
+    demonstration / other keys split on V's side (S/S' per query row), which costs one wider A@V and no copy of A.
+    w [B, k] or None (plain attention)."""
+    from lmlab.core.model import apply_rope
+
+    B, T, _ = x.shape
+    nh, nkv, hd = a.nh, a.nkv, a.hd
+    g, P = nh // nkv, pk.shape[2]
+    q, k, v = _linear(a.wqkv, x.reshape(B * T, -1)).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+    q = apply_rope(q.view(B, T, nh, hd).transpose(1, 2), cos, sin) * (1.0 / math.sqrt(hd))
+    k = apply_rope(k.view(B, T, nkv, hd).transpose(1, 2), cos, sin)
+    v = v.view(B, T, nkv, hd).transpose(1, 2)
+    # layout [nkv, B, g*T, .]: head h = n*g + j reads KV head n
+    qn = q.reshape(B, nkv, g * T, hd).transpose(0, 1).contiguous()  # [nkv, B, gT, hd]
+    kn = k.transpose(0, 1).reshape(nkv * B, T, hd)
+    vn = v.transpose(0, 1).reshape(nkv * B, T, hd)
+    s_own = torch.bmm(qn.view(nkv * B, g * T, hd), kn.transpose(1, 2)).view(nkv, B, g, T, T)
+    s_pre = None
+    if P:
+        s_pre = torch.bmm(qn.view(nkv, B * g * T, hd), pk[0].transpose(1, 2)).view(nkv, B, g, T, P)
+    kd, q0 = r.key_demo, r.q0
+    f = None
+    if w is not None:  # per-row factor of every key slot (1 on non-demonstration keys)
+        f = torch.ones(B, P + T, dtype=x.dtype, device=x.device)
+        demo = kd >= 0
+        f[:, demo] = w.to(x.dtype)[:, kd[demo]]
+    sel = [(h // g, h % g) for h in r.heads] if r.heads is not None else None
+
+    def scale(s: Tensor, fac: Tensor) -> None:  # s [nkv, B, g, T, S] *= fac [B, S] on weighted rows / heads
+        fac = fac[:, None, :]
+        if sel is None:
+            s[:, :, :, q0:].mul_(fac[None, :, None])
+        else:
+            for n, j in sel:
+                s[n, :, j, q0:].mul_(fac)
+
+    if f is not None and r.placement in ("skm", "both"):
+        if P and bool((kd[:P] >= 0).any()):
+            scale(s_pre, f[:, :P])
+        if bool((kd[P:] >= 0).any()):
+            scale(s_own, f[:, P:])
+    s_own.masked_fill_(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+    if s_pre is not None and r.visible is not None:
+        hide = ~r.visible.to(x.device)[:, None, None, :]  # [B, 1, 1, P]
+        if q0:
+            s_pre[:, :, :, q0:].masked_fill_(hide, float("-inf"))
+        else:
+            s_pre.masked_fill_(hide, float("-inf"))
+    mx = s_own.amax(-1)
+    if s_pre is not None:
+        mx = torch.maximum(mx, s_pre.amax(-1))
+    mx = mx.unsqueeze(-1)
+    s_own.sub_(mx).exp_()
+    den = s_own.sum(-1, keepdim=True)
+    if s_pre is not None:
+        s_pre.sub_(mx).exp_()
+        den += s_pre.sum(-1, keepdim=True)
+    saw = f is not None and r.placement in ("saw", "both")
+    if saw:  # S = mass on demonstration keys before, S2 after the factors; demonstration keys then carry S/S2
+        d = (kd >= 0).to(x.dtype)
+        dp, do = d[:P], d[P:]
+        S = s_own @ do + (s_pre @ dp if P else 0)
+        if P:
+            scale(s_pre, f[:, :P])
+        scale(s_own, f[:, P:])
+        S2 = s_own @ do + (s_pre @ dp if P else 0)
+        ratio = torch.where(S2 > 0, S / S2.clamp_min(torch.finfo(x.dtype).tiny), torch.ones_like(S2))
+        # V split into its demonstration rows and the others: A@[d*V, (1-d)*V]
+        vv = vn.view(nkv, B, T, hd)
+        vsplit = torch.cat([vv * do[:, None], vv * (1 - do)[:, None]], -1).view(nkv * B, T, 2 * hd)
+        y = torch.bmm(s_own.view(nkv * B, g * T, T), vsplit).view(nkv, B, g, T, 2 * hd)
+        if P:
+            pvs = torch.cat([pv[0] * dp[:, None], pv[0] * (1 - dp)[:, None]], -1)  # [nkv, P, 2hd]
+            y += torch.bmm(s_pre.view(nkv, B * g * T, P), pvs).view(nkv, B, g, T, 2 * hd)
+        y = y[..., hd:] + ratio.unsqueeze(-1) * y[..., :hd]
+    else:
+        y = torch.bmm(s_own.view(nkv * B, g * T, T), vn).view(nkv, B, g, T, hd)
+        if P:
+            y += torch.bmm(s_pre.view(nkv, B * g * T, P), pv[0]).view(nkv, B, g, T, hd)
+    y = y.div_(den).permute(1, 3, 0, 2, 4).reshape(B * T, nh * hd)  # [B, T, (n, j), hd]
+    return _linear(a.wo, y).view(B, T, -1)
 
 
 class NativeLM:
     """lmlab's native Llama-family engine: the demonstrations' K/V are prefilled once into a batch-1 prefix that
-    every row (query x candidate weights) reads in place."""
+    every row (query x candidate weights) reads in place (`_block_attention`). Rows run through the model's own
+    weights layer by layer; below the first weighted layer, rows that differ only in their weights are computed once."""
 
     kind = "native"
 
@@ -360,25 +416,57 @@ class NativeLM:
 
     @torch.no_grad()
     def logits_at(
-        self, prefix: Any, rows: list[list[int]], picks: list[list[int]], st: RowState, query_start: int | None = None
+        self,
+        prefix: Any,
+        rows: list[list[int]],
+        picks: list[list[int]],
+        st: RowState,
+        query_start: int | None = None,
+        columns: list[int] | None = None,
     ) -> list[Tensor]:
         """As `HFLM.logits_at`; query_start > prefix length: rows carry the prompt themselves (the recompute
-        baseline), and only their positions >= query_start get weights."""
+        baseline), and only their positions >= query_start get weights; columns: only these vocabulary logits."""
         pk, pv, P = prefix
         m = self.model
-        ids, lens = _pad(rows, m.device)
+        dev = m.device
+        ids, lens = _pad(rows, dev)  # right padding: a real token never sees a pad key (causal)
         R, T = ids.shape
         st.query_start = P if query_start is None else query_start
-        run = _NativeRun(pk, pv, st)
-        cache = m.new_cache(R, T)
-        pos = (torch.arange(T, device=m.device) + P)[None].expand(R, T)
-        saved = [layer.attn for layer in m.layers]
-        try:
-            for i, layer in enumerate(m.layers):
-                layer.attn = _NativeAttention(saved[i], i, run)
-            out = m(ids, cache, positions=pos, num_tokens=lens, logits="none")
-        finally:
-            for i, layer in enumerate(m.layers):
-                layer.attn = saved[i]
-        h = out.last_hidden
-        return [m.lm_head(h[r, torch.tensor(picks[r], device=m.device)]).float() for r in range(R)]
+        L = len(m.layers)
+        plan = st.plan
+        active = [st.weights is not None and (plan.layers is None or i in plan.layers) for i in range(L)]
+        first = active.index(True) if any(active) else L
+        r = _Rows(plan.key_demo(P + T, dev), plan.placement, plan.heads, max(0, st.query_start - P))
+        # rows equal in tokens and visibility give the same states below the first weighted layer: compute those once
+        inv = None
+        if first > 0 and R > 1:
+            vis = st.key_visible
+            keys = [(tuple(x), None if vis is None else tuple(vis[i].tolist())) for i, x in enumerate(rows)]
+            first_row: dict[tuple, int] = {}
+            for n, key in enumerate(keys):
+                first_row.setdefault(key, n)
+            if len(first_row) < R:
+                slot = {key: n for n, key in enumerate(first_row)}
+                inv = torch.tensor([slot[key] for key in keys], device=dev)
+                reps = torch.tensor(list(first_row.values()), device=dev)
+        cos, sin = m._rope((torch.arange(T, device=dev) + P)[None])
+        x = m.embed(ids if inv is None else ids[reps])
+        r.visible = st.key_visible if inv is None or st.key_visible is None else st.key_visible[reps]
+        for i, layer in enumerate(m.layers):
+            if i == first and inv is not None:
+                x, r.visible = x[inv], st.key_visible
+            B = x.shape[0]
+            h = x + _block_attention(
+                layer.attn, layer.attn_norm(x), cos, sin, pk[i], pv[i], r, st.weights if active[i] else None
+            )
+            x = h + _mlp(layer.mlp, layer.mlp_norm(h.view(B * T, -1))).view(B, T, -1)
+        if inv is not None and first >= L:
+            x = x[inv]
+        st.calls += L
+        flat = torch.tensor([i * T + p for i, ps in enumerate(picks) for p in ps], device=dev)
+        hsel = m.norm(x.reshape(R * T, -1)[flat])
+        if columns is None:
+            lg = _linear(m.lm_head, hsel).float()
+        else:
+            lg = torch.nn.functional.linear(hsel, m.lm_head.weight[columns]).float()
+        return list(lg.split([len(ps) for ps in picks]))

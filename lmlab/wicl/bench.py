@@ -37,8 +37,8 @@ def _recompute(sc: Scorer, queries: list[list[int]], W: torch.Tensor) -> torch.T
     for w in W:
         rows = [sc.prompt.ids + q for q in queries]
         st = RowState(WeightPlan(sc.prompt.spans, sc.plan.placement), w.view(1, -1).expand(len(rows), -1))
-        lg = lm.logits_at(empty, rows, [[len(r) - 1] for r in rows], st, query_start=P)
-        out.append(torch.stack([x[0] for x in lg]).log_softmax(-1)[:, lab].log_softmax(-1))
+        lg = lm.logits_at(empty, rows, [[len(r) - 1] for r in rows], st, query_start=P, columns=lab)
+        out.append(torch.cat(lg).log_softmax(-1))
     return torch.cat(out)
 
 

@@ -110,7 +110,7 @@ def run(
     balanced: bool = typer.Option(False, "--balanced", help="Class-balanced demonstrations."),
     label_mode: str = typer.Option("sum", "--label-mode", help="sum (multi-token words) | first (official) | single."),
     corr_vectors: int = typer.Option(0, "--corr-vectors", help="Also rank N random weight vectors by each indicator."),
-    batch_rows: int = typer.Option(32, "--batch-rows"),
+    batch_rows: int = typer.Option(64, "--batch-rows"),
     out: Path = typer.Option(Path("wicl_runs.jsonl"), "--out", "-o", help="JSON lines, one per seed (resumable)."),
 ) -> None:
     """ICL vs WICL per seed: demonstrations, uniform accuracy, searched weights and their accuracy (JSON lines)."""
@@ -200,11 +200,12 @@ def reproduce(
     json_path: Path = typer.Option(Path("wicl_reproduce.json"), "--json", help="Write the results here."),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
     out_dir: Path = typer.Option(Path("runs/wicl"), "--out-dir", help="Per-seed JSON lines (resumable) go here."),
+    report_only: bool = typer.Option(False, "--report-only", help="Report the seeds cached in --out-dir; run none."),
 ) -> None:
     """The paper's claims at SmolLM2-135M scale: ICL vs WICL (SKM, SAW) per task, and MSP vs accuracy."""
     from .reproduce import reproduce as rep
 
-    res = rep(quick=quick, model=model, out_dir=out_dir, log=lambda m: typer.echo(m, err=True))
+    res = rep(quick=quick, model=model, out_dir=out_dir, log=lambda m: typer.echo(m, err=True), compute=not report_only)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     from lmlab.core.paths import atomic_write_text
 

@@ -41,7 +41,7 @@ class RunConfig:
     layers: list[int] | None = None
     heads: list[int] | None = None
     label_mode: str = "sum"
-    batch_rows: int = 32
+    batch_rows: int = 64
     corr_vectors: int = 0  # > 0: also the indicator study with this many random weight vectors per seed
     search: bool = True  # False: only the indicator study (no ICL/WICL comparison)
 
@@ -180,9 +180,15 @@ def done_keys(path: Path) -> set[tuple[str, int]]:
 
 
 def run_task(
-    lm: LM, task: Task, cfg: RunConfig, out: Path | None = None, log: Callable[[str], None] | None = None
+    lm: LM | None,
+    task: Task,
+    cfg: RunConfig,
+    out: Path | None = None,
+    log: Callable[[str], None] | None = None,
+    compute: bool = True,
 ) -> list[dict[str, Any]]:
-    """All seeds of one task; with `out`, rows are appended (and seeds already there are skipped: resumable)."""
+    """All seeds of one task; with `out`, rows are appended (and seeds already there are skipped: resumable).
+    compute=False: only the seeds already in `out` (a report of what an interrupted run finished)."""
     eval_items = sample_eval(task.test, cfg.eval_n)
     val_idx = validation_pool(task.train, cfg.val_n) if cfg.val_n else []
     have = done_keys(out) if out else set()
@@ -190,8 +196,9 @@ def run_task(
     if out and have:
         rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
         rows = [r for r in rows if r["task"] == task.name]
+    rows = [r for r in rows if r["seed"] in cfg.seeds]
     for seed in cfg.seeds:
-        if (task.name, seed) in have:
+        if (task.name, seed) in have or not compute:
             continue
         rec = run_seed(lm, task, cfg, seed, eval_items, val_idx)
         rec["config"] = {k: v for k, v in asdict(cfg).items() if k != "seeds"}

@@ -27,7 +27,9 @@ class LM(Protocol):
 
     def prefix(self, ids: list[int]) -> Any: ...
 
-    def logits_at(self, prefix: Any, rows: list[list[int]], picks: list[list[int]], st: RowState) -> list[Tensor]: ...
+    def logits_at(
+        self, prefix: Any, rows: list[list[int]], picks: list[list[int]], st: RowState, columns: list[int] | None = None
+    ) -> list[Tensor]: ...
 
 
 def _encode(tok: Any, text: str) -> list[int]:
@@ -89,6 +91,26 @@ def build_prompt(tok: Any, template: Template, demos: list[Example]) -> Prompt:
     return Prompt(ids, spans, list(demos))
 
 
+def length_batches(lens: list[int], max_rows: int, key: list | None = None, slack: float = 0.125, small: int = 256):
+    """Row indices in batches of similar length (sorted; identical rows adjacent, so a batch can compute them once
+    where the weights do not act yet). A batch closes at max_rows rows, or when the next row would pad it beyond
+    `slack` of its real tokens once it holds >= `small` tokens: right-padding is wasted work on every layer."""
+    order = sorted(range(len(lens)), key=lambda i: (lens[i], key[i]) if key is not None else lens[i])
+    out: list[list[int]] = []
+    cur: list[int] = []
+    real = 0
+    for i in order:
+        n, top = len(cur) + 1, lens[i]
+        if cur and (n > max_rows or (n * top > (1 + slack) * (real + top) and len(cur) * lens[cur[-1]] >= small)):
+            out.append(cur)
+            cur, real = [], 0
+        cur.append(i)
+        real += top
+    if cur:
+        out.append(cur)
+    return out
+
+
 class Scorer:
     """Label log-probabilities of queries under candidate weights, on one shared demonstration cache."""
 
@@ -101,7 +123,7 @@ class Scorer:
         layers: list[int] | None = None,
         heads: list[int] | None = None,
         label_mode: str = "sum",
-        batch_rows: int = 32,
+        batch_rows: int = 64,
         cache: Any = None,
     ):
         self.lm, self.template, self.prompt = lm, template, prompt
@@ -126,12 +148,11 @@ class Scorer:
         uniform ICL), visible [R, P] prefix key visibility (None: all). Multi-token words: summed log-probability."""
         single = all(len(x) == 1 for x in self.labels)
         C = len(self.labels)
-        # rows sorted by length so that a batch pads little (padding is most of the waste on mixed-length queries)
-        order = sorted(range(len(queries)), key=lambda i: len(queries[i]))
+        extra = 0 if single else max(len(x) for x in self.labels)
         step = self.batch_rows if single else max(1, self.batch_rows // C)
-        out = []
-        for s in range(0, len(queries), step):
-            sel = order[s : s + step]
+        out, order = [], []
+        for sel in length_batches([len(q) + extra for q in queries], step, key=queries):
+            order += sel
             qs = [queries[i] for i in sel]
             n = len(qs)
             w = None if W is None else W[sel]
@@ -144,10 +165,11 @@ class Scorer:
                 w = None if w is None else w.repeat_interleave(C, 0)
                 vis = None if vis is None else vis.repeat_interleave(C, 0)
             st = RowState(self.plan, w, vis)
-            lg = self.lm.logits_at(self.cache, rows, picks, st)
-            if single:
-                lp = torch.stack([x[0] for x in lg]).log_softmax(-1)[:, [lab[0] for lab in self.labels]]
+            if single:  # log-softmax over the label words needs only their logits (the vocabulary's norm cancels)
+                lg = self.lm.logits_at(self.cache, rows, picks, st, columns=[lab[0] for lab in self.labels])
+                lp = torch.cat(lg)
             else:
+                lg = self.lm.logits_at(self.cache, rows, picks, st)
                 lp = torch.stack(
                     [
                         x.log_softmax(-1).gather(1, torch.tensor(lab)[:, None]).sum()

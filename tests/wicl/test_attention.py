@@ -153,3 +153,40 @@ def test_model_without_attention_interface_is_refused():
     lm = HFLM(m, None)
     with pytest.raises(LmlabError, match="AttentionInterface"):
         lm.logits_at(lm.prefix(PROMPT), [ROWS[0]], [[0]], RowState(_plan("skm"), torch.ones(1, 3)))
+
+
+@pytest.mark.parametrize("placement", ["skm", "saw", "both"])
+def test_native_shared_prefix_equals_recompute(tiny_pair, placement):
+    """The bench's two sides: rows on the shared prefix vs prompt + query recomputed per row with the weights on the
+    query positions only (demonstrations then sit among the row's own keys)."""
+    _, native = tiny_pair
+    lm = NativeLM(native, None)
+    W = torch.tensor([[0.9, 1.1, 1.3], [1.2, 0.5, 1.0], [1.0, 1.0, 2.0]])
+    for plan in (_plan(placement), _plan(placement, layers=[1, 2], heads=[1, 2])):
+        picks = [[len(r) - 1] for r in ROWS]
+        shared = lm.logits_at(lm.prefix(PROMPT), ROWS, picks, RowState(plan, W))
+        rows = [PROMPT + r for r in ROWS]
+        st = RowState(plan, W)
+        full = lm.logits_at(lm.prefix([]), rows, [[len(r) - 1] for r in rows], st, query_start=len(PROMPT))
+        plain = lm.logits_at(lm.prefix(PROMPT), ROWS, picks, RowState(plan))
+        for x, y, z in zip(shared, full, plain):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
+            assert (x - z).abs().max() > 10 * (x - y).abs().max()
+
+
+def test_rows_below_the_first_weighted_layer_are_computed_once(tiny_pair):
+    """Rows that differ only in their weights share their states below the first weighted layer: computing them once
+    gives the numbers of computing each row on its own."""
+    _, native = tiny_pair
+    lm = NativeLM(native, None)
+    pre = lm.prefix(PROMPT)
+    W = torch.tensor([[0.9, 1.1, 1.3], [1.2, 0.5, 1.0], [1.0, 1.0, 2.0], [0.7, 1.0, 1.0]])
+    vis = torch.ones(4, len(PROMPT), dtype=torch.bool)
+    vis[3, 4:9] = False
+    rows = [ROWS[0], ROWS[0], ROWS[1], ROWS[0]]
+    plan = _plan("saw", layers=[2])
+    both = lm.logits_at(pre, rows, [[1]] * 4, RowState(plan, W, vis))
+    for i in range(4):
+        one = lm.logits_at(pre, rows[i : i + 1], [[1]], RowState(plan, W[i : i + 1], vis[i : i + 1]))[0]
+        torch.testing.assert_close(both[i], one, rtol=1e-5, atol=1e-5)
+    assert (both[0] - both[1]).abs().max() > 1e-4  # same tokens, different weights: different logits

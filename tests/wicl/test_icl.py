@@ -162,3 +162,19 @@ def test_real_task_end_to_end(lms):
     res = beam_search(lambda W: sc.msp(W), 2, beam=1)
     assert len(res.weights) == 2 and res.evaluations == 5
     assert 0.0 <= sc.accuracy(t.test[:4], torch.tensor([res.weights]))[0] <= 1.0
+
+
+def test_length_batches_pad_little_and_keep_identical_rows_together():
+    from lmlab.wicl.icl import length_batches
+
+    lens = [15, 39, 27, 28, 23, 32, 21, 20] * 17
+    keys = [[n] for n in range(8)] * 17
+    batches = length_batches(lens, 64, key=keys)
+    assert sorted(i for b in batches for i in b) == list(range(len(lens)))
+    padded = sum(len(b) * max(lens[i] for i in b) for b in batches)
+    assert padded <= 1.125 * sum(lens)
+    assert all(len(b) <= 64 for b in batches)
+    for b in batches:  # identical rows adjacent
+        ks = [keys[i][0] for i in b]
+        runs = [k for n, k in enumerate(ks) if n == 0 or ks[n - 1] != k]
+        assert len(runs) == len(set(ks))
