@@ -406,6 +406,21 @@ def _targets(tok: AmrTokenizer, rows: list[list[int]], max_len: int) -> tuple[to
     return labels, dec
 
 
+def _train_config(st):
+    """The optimiser settings both parsers train with (BART's betas; AdamW + cosine from core.train)."""
+    from lmlab.core.train import TrainConfig
+
+    return TrainConfig(
+        steps=st.steps,
+        lr=st.lr,
+        warmup=st.warmup,
+        weight_decay=st.weight_decay,
+        seed=st.seed,
+        log_every=100,
+        betas=(0.9, 0.98),
+    )
+
+
 def train_plain(
     graphs: list[AmrGraph],
     order: str,
@@ -418,7 +433,7 @@ def train_plain(
     continue from a copy of that parser's weights (and use its tokenizer) instead of a fresh model."""
     import copy
 
-    from lmlab.core.train import TrainConfig, train
+    from lmlab.core.train import train
 
     tok = init.tok if init is not None else (tok or AmrTokenizer.train(graphs, st.vocab_size))
     src = [tok.text_input(g.sentence) for g in graphs]
@@ -437,16 +452,7 @@ def train_plain(
         logits = m(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
         return label_smoothed_nll(logits, labels, st.label_smoothing)
 
-    cfg = TrainConfig(
-        steps=st.steps,
-        lr=st.lr,
-        warmup=st.warmup,
-        weight_decay=st.weight_decay,
-        seed=st.seed,
-        log_every=100,
-        betas=(0.9, 0.98),
-    )
-    st.history = train(model, batches, loss_fn, cfg, log=log)
+    st.history = train(model, batches, loss_fn, _train_config(st), log=log)
     return Parser(tok, model, order)
 
 
@@ -461,7 +467,7 @@ def train_rgl(
     """Pass 2 of RGL: every step a teacher pass (gold y^r) and a student pass (silver y^r) of the same model.
     The BART part starts fresh, or from `init` (a trained plain parser: the stand-in for the pretrained
     AMRBART the official code starts from); the new parts are initialised as the official code does."""
-    from lmlab.core.train import TrainConfig, train
+    from lmlab.core.train import train
 
     tok = reverse.tok
     base = init.model if init is not None else _plain_model(tok, st)
@@ -484,16 +490,7 @@ def train_rgl(
         calls[0] += 1
         return rgl_loss(z_t, z_s, labels, r, eps=st.label_smoothing, kl=st.kl, detach_teacher=st.detach_teacher)
 
-    cfg = TrainConfig(
-        steps=st.steps,
-        lr=st.lr,
-        warmup=st.warmup,
-        weight_decay=st.weight_decay,
-        seed=st.seed,
-        log_every=100,
-        betas=(0.9, 0.98),
-    )
-    st.history = train(model, batches, loss_fn, cfg, log=log)
+    st.history = train(model, batches, loss_fn, _train_config(st), log=log)
     return Parser(tok, model, "nlr", reverse=reverse)
 
 
