@@ -36,6 +36,10 @@ class Difficulty:
             raise ValueError("max_value must be at least 10")
 
 
+SMALL = Difficulty()  # answers in 0..30: a wrong prefix often completes to the gold answer by luck
+GSM_LIKE = Difficulty(2, 5, 199)  # mostly 2-3 digit answers, as in GSM8K: lucky completions are rare
+
+
 def _operation(rng: random.Random, value: int, d: Difficulty, name: str, item: str) -> tuple[str, str, int]:
     """One operation valid from `value`: (sentence, equation, new value)."""
     options = []
