@@ -25,6 +25,7 @@ from lmlab.moe.stats import gap_curve, gap_trend
 
 SEEDS = [0, 1, 2]
 SETTINGS = {  # name: (setup, fine-grained variant compared with gshard)
+    "steps300": (QUICK, "deepseekmoe"),
     "steps600": (replace(QUICK, steps=600), "deepseekmoe"),  # = the quick report's setting
     "steps600-m2": (replace(QUICK, steps=600), "1+3/31"),  # coarser segmentation (m = 2)
     "steps1500": (replace(QUICK, steps=1500), "deepseekmoe"),

@@ -254,7 +254,14 @@ def run(ctx: ReproduceContext) -> Section:
         "",
         f"Seeds: {s.seeds} ({'quick' if ctx.quick else 'full'} mode; {len(s.seeds)} trained, no claim is called "
         f"from fewer than {MIN_SEEDS}). {_cache_text(res)} Compute: {res['cpu_seconds']:.0f} CPU-s "
-        f"({res['seconds']:.0f} s wall) for the section.",
+        f"({res['seconds']:.0f} s wall) for the section."
+        + (
+            " Quick mode trains Dense, GShard and DeepSeekMoE only; full mode (`lmlab reproduce` without --quick, "
+            "~25 CPU-minutes single-threaded) adds Switch, the Fig. 3 ladder and 5 seeds: a claim inconclusive here "
+            "may resolve there, and the Switch and Fig. 3 claims are tested there only."
+            if ctx.quick
+            else ""
+        ),
         "",
         "**Held-out loss at the end of training (nats/token)**",
         "",
