@@ -33,15 +33,26 @@ def reproduce(
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (>= 3 for mean ± std)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override the number of training steps."),
     no_ladder: bool = typer.Option(False, "--no-ladder", help="Skip the shared/fine-grained ablation ladder."),
+    archs: Optional[str] = typer.Option(
+        None, "--archs", help="Comma-separated subset of dense,switch,gshard,deepseekmoe (default: all four)."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (the full setup wants a GPU)."),
 ) -> None:
     """Train Dense, Switch, GShard and DeepSeekMoE from scratch on the same data and compare (Table 1, Fig. 3-5)."""
     from ..core.report import markdown_table
     from .experiment import FULL, QUICK, run_all, summarize, with_overrides
+    from .stats import paired
 
     if steps is not None and steps < 1:
         raise LmlabError(f"--steps {steps}: must be >= 1")
-    s = with_overrides(QUICK if quick else FULL, data=data, steps=steps, seeds=_seeds(seeds), ladder=not no_ladder)
+    s = with_overrides(
+        QUICK if quick else FULL,
+        data=data,
+        steps=steps,
+        seeds=_seeds(seeds),
+        ladder=not no_ladder,
+        archs=[a.strip() for a in archs.split(",") if a.strip()] if archs else None,
+    )
     save = (lambda r: atomic_write_text(json_path, json.dumps(r, indent=1))) if json_path else None
     import torch
 
@@ -53,6 +64,26 @@ def reproduce(
         ) from None
     res = run_all(s, log=lambda m: typer.echo(m, err=True), save=save, device=device)
     typer.echo(markdown_table(summarize(res["runs"]), floatfmt=".4f"))
+    pairs = [
+        (b, w)
+        for b, w in [("gshard", "dense"), ("switch", "dense"), ("deepseekmoe", "gshard")]
+        if b in s.archs and w in s.archs
+    ]
+    typer.echo(
+        markdown_table(
+            [
+                {
+                    "comparison": f"{p['worse']} - {p['better']}",
+                    "seeds": len(p["seeds"]),
+                    "mean": p["mean"],
+                    "ci95_lo": p["lo"],
+                    "ci95_hi": p["hi"],
+                }
+                for p in (paired(res["runs"], b, w) for b, w in pairs)
+            ],
+            floatfmt=".4f",
+        )
+    )
     typer.echo(
         markdown_table(res["ablation"], ["arch", "val_loss", "total_params", "activated_params"], floatfmt=".4f")
     )

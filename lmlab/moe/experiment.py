@@ -3,18 +3,26 @@
 Every architecture sees the same tokens (seeded windows), optimizer (AdamW), schedule (warm-up + cosine)
 and step count; they differ only in the FFN. Sizes are chosen as in the paper: with W the FFN width,
 Switch = top-1 of 16 x W, GShard = top-2 of 16 x W, DeepSeekMoE = 1 shared + top-7 of 63 x W/4 (equal total
-and activated expert parameters to GShard), Dense = one FFN of width W. Each finished run is cached
-(JSON + weights) under the user cache, so an interrupted reproduction resumes where it stopped.
+and activated expert parameters to GShard), Dense = one FFN of width W. For one seed, every architecture also
+starts from the same non-FFN weights (`MoETransformer.init_weights(seed=...)`), so differences are paired by seed.
+Each run records its held-out loss at `curve_points` steps along training (the loss-vs-tokens curve).
+
+Each finished run is cached (JSON + weights) under the user cache, so an interrupted reproduction resumes where it
+stopped. The cache key holds the setup, the seed, the device and a fingerprint of everything that decides the
+numbers (the training code's source, torch and tokenizers versions, the CPU's instruction set): training is
+deterministic, so a cached run is the run a fresh process would produce (tests/moe/test_experiment.py checks it).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,13 +55,47 @@ class Setup:
     eval_windows: int = 128
     data: str | None = None  # None: the Python standard library
     ladder: bool = True
+    archs: list[str] = field(default_factory=lambda: list(MAIN))  # which of MAIN to train
+    curve_points: int = 6  # held-out loss every steps // curve_points steps (and at the end); 0: final only
 
-    def key(self, arch: str, seed: int) -> str:
+    def key(self, arch: str, seed: int, device: str = "cpu") -> str:
+        """Cache key of one run: the setup fields that shape it, the seed, the device and `fingerprint()`."""
         d = asdict(self)
-        for k in ("seeds", "ladder"):
+        for k in ("seeds", "ladder", "archs"):  # which runs are done, not how one run goes
             d.pop(k)
+        d["device"], d["code"] = device, fingerprint()
         h = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
         return f"{h}-{arch.replace('/', 'of').replace('+', 'p')}-s{seed}"
+
+
+_CODE = [  # what decides a run's numbers (the report and CLI code do not)
+    "moe/layer.py",
+    "moe/dispatch.py",
+    "moe/model.py",
+    "moe/experiment.py",
+    "moe/data.py",
+    "core/config.py",
+    "core/model.py",
+    "core/train.py",
+    "core/kernels.py",
+    "core/csrc/decode_kernels.cpp",
+]
+
+
+@functools.cache
+def fingerprint() -> str:
+    """Hash of the training code's source, torch / tokenizers versions and the CPU instruction set torch uses:
+    a cached run is reused only where a fresh one would give the same bits."""
+    import tokenizers
+
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256(
+        f"{torch.__version__}|{tokenizers.__version__}|{torch.backends.cpu.get_cpu_capability()}".encode()
+    )
+    for rel in _CODE:
+        f = root / rel
+        h.update(rel.encode() + b"\0" + (f.read_bytes() if f.exists() else b"-"))
+    return h.hexdigest()[:12]
 
 
 FULL = Setup()
@@ -92,7 +134,7 @@ def arch_config(arch: str, s: Setup) -> MoEConfig:
     return table[arch]()
 
 
-def build_model(s: Setup, arch: str) -> MoETransformer:
+def build_model(s: Setup, arch: str, seed: int = 0) -> MoETransformer:
     cfg = ModelConfig(
         vocab_size=s.vocab,
         hidden_size=s.hidden,
@@ -104,7 +146,7 @@ def build_model(s: Setup, arch: str) -> MoETransformer:
         max_position_embeddings=s.seq_len,
         tie_word_embeddings=True,
     )
-    return MoETransformer(cfg, arch_config(arch, s), first_dense=0).init_weights()
+    return MoETransformer(cfg, arch_config(arch, s), first_dense=0).init_weights(seed=seed)
 
 
 def _loss_fn(raw: MoETransformer) -> Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]:
@@ -152,23 +194,29 @@ def train_run(
     log: Callable[[str], None] | None = None,
     device: str = "cpu",
 ) -> tuple[dict[str, Any], MoETransformer]:
-    """Train one architecture from scratch (or load the cached result); returns (row, model)."""
+    """Train one architecture from scratch (or load the cached result); returns (row, model).
+
+    `row["cached"]` says which: True when the row and weights came from the cache (same key, see `Setup.key`)."""
     root = cache_dir("moe", "runs")
-    key = s.key(arch, seed)
+    key = s.key(arch, seed, device)
     torch.manual_seed(seed)
-    model = build_model(s, arch)
+    model = build_model(s, arch, seed)
     if (root / f"{key}.json").exists() and (root / f"{key}.pt").exists():
         model.load_state_dict(torch.load(root / f"{key}.pt"))
-        return json.loads((root / f"{key}.json").read_text()), model.eval()
+        return {**json.loads((root / f"{key}.json").read_text()), "cached": True}, model.eval()
     model.to(accelerator.device if accelerator is not None else device)
-    tc = TrainConfig(steps=s.steps, lr=s.lr, warmup=s.warmup, seed=seed, log_every=max(1, s.steps // 5))
-    t0 = time.time()
+    every = max(1, s.steps // s.curve_points) if s.curve_points else 0
+    tc = TrainConfig(
+        steps=s.steps, lr=s.lr, warmup=s.warmup, seed=seed, log_every=max(1, s.steps // 5), eval_every=every
+    )
+    t0, c0 = time.time(), time.process_time()
     rank_seed = seed * 1000 + (accelerator.process_index if accelerator is not None else 0)
     hist = train(
         model,
         batches(train_ids, s.batch, s.seq_len, rank_seed),
         _loss_fn(model),
         tc,
+        eval_fn=lambda m: {"val_loss": evaluate(model, val)},  # no RNG, no state: the run is the same without it
         accelerator=accelerator,
         log=(
             lambda r: log(
@@ -178,9 +226,12 @@ def train_run(
         if log
         else None,
     )
-    val_loss = evaluate(model.eval(), val)
+    # the loop's last evaluation is of the final weights: reuse it (eval mode, no grad: the same numbers)
+    val_loss = hist[-1]["val_loss"] if "val_loss" in hist[-1] else evaluate(model.eval(), val)
+    cpu_seconds = time.process_time() - c0
     model = model.cpu()
     counts = model.param_counts()
+    tokens_per_step = s.batch * s.seq_len
     row = {
         "arch": arch,
         "seed": seed,
@@ -189,15 +240,23 @@ def train_run(
         "flops_per_token": model.flops_per_token(s.seq_len),
         "train_ce_last": hist[-1]["ce"],
         "train_seconds": round(time.time() - t0, 1),
+        "cpu_seconds": round(cpu_seconds, 1),  # process CPU time (user + sys), evaluations included
         "steps": s.steps,
-        "tokens": s.steps * s.batch * s.seq_len,
+        "tokens": s.steps * tokens_per_step,
+        "curve": [
+            {"step": h["step"], "tokens": h["step"] * tokens_per_step, "val_loss": h["val_loss"]}
+            for h in hist
+            if "val_loss" in h
+        ]
+        or [{"step": s.steps, "tokens": s.steps * tokens_per_step, "val_loss": val_loss}],  # curve_points = 0
+        "key": key,
     }
     if accelerator is None or accelerator.is_main_process:
         tmp = root / f".{key}.pt.tmp"
         torch.save(model.state_dict(), tmp)
         tmp.replace(root / f"{key}.pt")
         atomic_write_text(root / f"{key}.json", json.dumps(row))
-    return row, model
+    return {**row, "cached": False}, model
 
 
 @torch.no_grad()
@@ -231,11 +290,13 @@ def shared_ablation(model: MoETransformer, val: torch.Tensor) -> dict[str, float
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± std of val loss per architecture (sample std over seeds)."""
+    """Mean, sample std and 95 % t-interval of the held-out loss per architecture over seeds."""
+    from .stats import t_interval
+
     out = []
     for arch in dict.fromkeys(r["arch"] for r in runs):
         v = [r["val_loss"] for r in runs if r["arch"] == arch]
-        m = sum(v) / len(v)
+        m, lo, hi = t_interval(v)
         sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else float("nan")
         r0 = next(r for r in runs if r["arch"] == arch)
         out.append(
@@ -244,6 +305,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "seeds": len(v),
                 "val_loss_mean": m,
                 "val_loss_std": sd,
+                "ci95_lo": lo,
+                "ci95_hi": hi,
                 "total_params": r0["total_params"],
                 "activated_params": r0["activated_params"],
                 "flops_per_token": r0["flops_per_token"],
@@ -272,43 +335,57 @@ def run_all(
 def _run_all(
     s: Setup, log: Callable[[str], None], save: Callable[[dict[str, Any]], None] | None, t0: float, device: str
 ) -> dict[str, Any]:
+    unknown = [a for a in s.archs if a not in MAIN]
+    if unknown or not {"gshard", "deepseekmoe"} <= set(s.archs):
+        from ..core.errors import LmlabError
+
+        raise LmlabError(
+            f"archs {s.archs}: each must be one of {', '.join(MAIN)}, and gshard and deepseekmoe must be among them",
+            hint="e.g. --archs dense,gshard,deepseekmoe",
+        )
+    c0 = time.process_time()
     train_ids, val_ids, _ = tokenized_corpus(s.data, s.vocab)
     val = eval_windows(val_ids, s.seq_len, s.eval_windows)
     result: dict[str, Any] = {
         "setup": asdict(s),
+        "code_fingerprint": fingerprint(),
         "corpus_tokens": {"train": train_ids.numel(), "val": val_ids.numel()},
         "runs": [],
         "ablation": [],
-        "specialization": {},
+        "specialization": [],
     }
-    models: dict[str, MoETransformer] = {}
     for seed in s.seeds:
-        for arch in MAIN:
+        models: dict[str, MoETransformer] = {}
+        for arch in s.archs:
             row, model = train_run(s, arch, seed, train_ids, val, log=log, device=device)
-            log(f"{arch} seed {seed}: val loss {row['val_loss']:.4f} ({row['train_seconds']} s)")
-            result["runs"].append(row)
-            if seed == s.seeds[0]:
-                models[arch] = model
-            if save:
-                save(result)
-    if s.ladder:
-        seed = s.seeds[0]
-        for arch in LADDER:
-            same = {"0+2/16": "gshard", "1+7/63": "deepseekmoe"}.get(arch)
-            row = (
-                dict(next(r for r in result["runs"] if r["arch"] == same and r["seed"] == seed))
-                if same
-                else train_run(s, arch, seed, train_ids, val, log=log, device=device)[0]
+            log(
+                f"{arch} seed {seed}: val loss {row['val_loss']:.4f} ({row['cpu_seconds']} CPU-s, cached {row['cached']})"
             )
-            result["ablation"].append({**row, "arch": arch, "same_as": same})
+            result["runs"].append(row)
+            models[arch] = model
             if save:
                 save(result)
-    result["specialization"] = {
-        "masked_top": {a: specialization(models[a], val) for a in ("gshard", "deepseekmoe")},
-        "shared": shared_ablation(models["deepseekmoe"], val),
-    }
+        if s.ladder:
+            for arch in LADDER:
+                same = {"0+2/16": "gshard", "1+7/63": "deepseekmoe"}.get(arch)
+                row = (
+                    dict(next(r for r in result["runs"] if r["arch"] == same and r["seed"] == seed))
+                    if same
+                    else train_run(s, arch, seed, train_ids, val, log=log, device=device)[0]
+                )
+                result["ablation"].append({**row, "arch": arch, "same_as": same})
+                if save:
+                    save(result)
+        result["specialization"].append(
+            {
+                "seed": seed,
+                "masked_top": {a: specialization(models[a], val) for a in ("gshard", "deepseekmoe")},
+                "shared": shared_ablation(models["deepseekmoe"], val),
+            }
+        )
     result["summary"] = summarize(result["runs"])
     result["seconds"] = round(time.time() - t0, 1)
+    result["cpu_seconds"] = round(time.process_time() - c0, 1)
     if save:
         save(result)
     return result

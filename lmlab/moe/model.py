@@ -10,6 +10,7 @@ Checkpoints use the DeepSeekMoE Hugging Face layout (`model_type: deepseek`, as 
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,14 +40,24 @@ class MoETransformer(Transformer):
             layer.mlp = MoE(moe)
 
     @torch.no_grad()
-    def init_weights(self, std: float = 0.02) -> MoETransformer:
-        """GPT-2-style init for training from scratch: N(0, std), residual outputs scaled by 1/sqrt(2L)."""
+    def init_weights(self, std: float = 0.02, seed: int | None = None) -> MoETransformer:
+        """GPT-2-style init for training from scratch: N(0, std), residual outputs scaled by 1/sqrt(2L).
+
+        With `seed`, every parameter draws from its own generator seeded by (seed, parameter name): models
+        that differ only in their FFNs (Dense, GShard, DeepSeekMoE) then start from the *same* embeddings,
+        attention and norms for one seed (common random numbers), so a comparison paired by seed measures
+        the FFN and not the luck of the attention init. Without it, the global torch RNG is used.
+        """
         out_std = std / (2 * len(self.layers)) ** 0.5
         for name, p in self.named_parameters():
             if p.dim() < 2:
                 continue
             residual_out = name.endswith(("wo.weight", "w2.weight", ".w2"))
-            torch.nn.init.normal_(p, std=out_std if residual_out else std)
+            g = None
+            if seed is not None:
+                g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+            p.copy_(noise * (out_std if residual_out else std))
         return self
 
     def moe_layers(self) -> list[MoE]:
