@@ -47,6 +47,7 @@ class ReproConfig:
     rgl_warmup: int = 20
     rgl_lr: float | None = None  # None: the plain parsers' LR (a warm start continues at a lower one)
     workers: int = 1  # single-threaded worker processes running the jobs (one per core)
+    max_decode: int | None = None  # cap on generated tokens (None: the parser's 4 x sentence + 32)
 
 
 def quick_config() -> ReproConfig:
@@ -205,8 +206,9 @@ def _silver(seed: int) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     nrl = _plain("nrl", seed)
-    silver = {"train": nrl.parse_tokens([g.sentence for g in _STATE["train"]], beam=1)}
-    silver.update({k: nrl.parse_tokens([g.sentence for g in v], beam=cfg.beam) for k, v in _STATE["evalsets"].items()})
+    sents = {k: [g.sentence for g in v] for k, v in _STATE["evalsets"].items()}
+    silver = {"train": nrl.parse_tokens([g.sentence for g in _STATE["train"]], beam=1, max_len=cfg.max_decode)}
+    silver.update({k: nrl.parse_tokens(v, beam=cfg.beam, max_len=cfg.max_decode) for k, v in sents.items()})
     atomic_write_text(path, json.dumps(silver))
     return silver
 
@@ -225,10 +227,16 @@ def _score(seed: int, graphs: dict[str, list[AmrGraph]], seconds: dict) -> dict:
 
 
 def _parse_all(parser: Parser, silver: dict | None = None) -> dict[str, list[AmrGraph]]:
-    beam, sets = _STATE["cfg"].beam, _STATE["evalsets"]
+    cfg, sets = _STATE["cfg"], _STATE["evalsets"]
     return {
         k: _decode(
-            parser.parse_tokens([g.sentence for g in v], beam=beam, silver=None if silver is None else silver[k]), v
+            parser.parse_tokens(
+                [g.sentence for g in v],
+                beam=cfg.beam,
+                silver=None if silver is None else silver[k],
+                max_len=cfg.max_decode,
+            ),
+            v,
         )
         for k, v in sets.items()
     }

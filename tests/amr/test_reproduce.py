@@ -129,6 +129,7 @@ def tiny_cfg():
         control_candidates=2,
         rgl_init="nlr",
         rgl_lr=5e-4,
+        max_decode=12,
     )
 
 
