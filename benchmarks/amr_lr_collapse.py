@@ -80,7 +80,7 @@ def main(json_path: Path) -> None:
     tok, tok_key = make_tokenizer(cfg, train)
     train = [g for g in train if len(tok.target(linearize(g.tree))) <= cfg.max_target_tokens]
     rows = []
-    for lr, steps in ((1e-3, 800), (2e-3, 800), (1e-3, 1200), (2e-3, 1200)):
+    for lr, steps in ((1e-3, 800), (2e-3, 800), (2e-3, 1200), (1e-3, 1200)):
         st = replace(cfg.plain, seed=0, lr=lr, steps=steps, history=[])
         key = settings_key(st, f"{len(train)}-{tok_key}")
         t0, c0 = time.perf_counter(), time.process_time()
