@@ -496,7 +496,7 @@ def plot_positions(
                 lo = [np.nan if v is None else 100 * v for v in band[0]]
                 hi = [np.nan if v is None else 100 * v for v in band[1]]
                 ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
-        ax.set_title(f"{kind} F1 by relative position in the gold / predicted NLR")
+        ax.set_title(f"{kind}: F1 by relative position (NLR order)", fontsize=9)
         ax.set_xlabel("relative position")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("F1 (%)")
