@@ -176,8 +176,11 @@ def linearize(
 @sub.command()
 def reproduce(
     json_path: Path = typer.Option(..., "--json", help="Write the results JSON here."),
-    quick: bool = typer.Option(False, "--quick", help="Minutes-scale run (one seed, small model)."),
+    quick: bool = typer.Option(False, "--quick", help="Minutes-scale run (three seeds, small model)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the figure and the report section."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, help="Single-threaded worker processes (default 2: one per core of a laptop)."
+    ),
 ) -> None:
     """Default vs reverse vs RGL on The Little Prince (+ Bio): Smatch both ways, CIs, position curves."""
     from lmlab.core.paths import atomic_write_text
@@ -187,14 +190,14 @@ def reproduce(
 
     out_dir = out or json_path.parent / "amr_reproduce"
     out_dir.mkdir(parents=True, exist_ok=True)
-    sec = run(ReproduceContext(out_dir=out_dir, quick=quick))
+    sec = run(ReproduceContext(out_dir=out_dir, quick=quick), workers=workers)
     atomic_write_text(
         json_path, json.dumps({**sec.data, "verdicts": [v.__dict__ for v in sec.verdicts]}, indent=1, default=float)
     )
     atomic_write_text(out_dir / "section.md", section_markdown(sec, out_dir))
     typer.echo(sec.markdown)
     for v in sec.verdicts:
-        typer.echo(f"- {v.claim}: {v.measured} -> {v.holds}")
+        typer.echo(f"- {v.claim}: {v.measured} -> {v.status}")
 
 
 @sub.command()

@@ -325,6 +325,91 @@ def position_f1(arr: np.ndarray) -> list[float | None]:
     return res
 
 
+def _bin_f1(s: np.ndarray) -> np.ndarray:
+    """F1 from summed [..., 4] position counts (matched pred, pred, matched gold, gold); NaN where undefined."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p, r = s[..., 0] / s[..., 1], s[..., 2] / s[..., 3]
+        f = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    return np.where((s[..., 1] > 0) & (s[..., 3] > 0), f, np.nan)
+
+
+def _halves(c: np.ndarray) -> np.ndarray:
+    """[..., BINS, 4] -> [..., 2, 4]: counts of the first and the second half of the bins (early, late)."""
+    h = BINS // 2
+    return np.stack([c[..., :h, :].sum(-2), c[..., h:, :].sum(-2)], axis=-2)
+
+
+def _weights(n_graphs: int, n: int, seed: int) -> np.ndarray:
+    """[n, graphs] multiplicities of a graph bootstrap; the same seed gives the same replicates, so statistics of
+    different systems computed separately are still paired."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n_graphs, size=(n, n_graphs))
+    return np.stack([np.bincount(row, minlength=n_graphs) for row in idx]).astype(float)
+
+
+def _ci(x: np.ndarray) -> tuple[float | None, float | None]:
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        return None, None
+    lo, hi = np.percentile(x, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _opt(x) -> float | None:
+    return None if x is None or np.isnan(x) else float(x)
+
+
+def position_bootstrap(
+    a: np.ndarray, b: np.ndarray | None = None, n: int = 1000, seed: int = 0
+) -> dict[str, list | float | None]:
+    """Bootstrap CIs for the structure-loss curve of one system (`b` None) or the difference b - a of two.
+
+    `a`, `b`: per-graph position counts [seeds, graphs, BINS, 4] (`Evaluation.position_counts_graph`), the same
+    gold graphs in the same order; seeds are pooled (counts summed) and each replicate resamples graphs once for
+    every seed of both systems. Statistics (F1 in 0..1, differences b - a):
+    `f1` / `lo` / `hi` per bin; `early`, `late` (F1 of the first / second half of the bins, counts pooled);
+    `late_minus_early` with `lme_lo` / `lme_hi` (for one system: how F1 changes along the linearization, negative =
+    structure loss; for two: whether b's gain over a grows with position, the RGL mechanism); `per_seed_lme`."""
+    a = np.asarray(a, dtype=float)
+    sys_b = None if b is None else np.asarray(b, dtype=float)
+    w = _weights(a.shape[1], n, seed)
+
+    def stat(c: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        pooled = c.sum(0)  # [graphs, BINS, 4]
+        s = pooled.sum(0) if weights is None else np.einsum("ng,gbk->nbk", weights, pooled)
+        return _bin_f1(s), _bin_f1(_halves(s))
+
+    def value(weights):
+        fa, ha = stat(a, weights)
+        if sys_b is None:
+            return fa, ha
+        fb, hb = stat(sys_b, weights)
+        return fb - fa, hb - ha
+
+    f, h = value(None)
+    fr, hr = value(w)
+    lme = hr[:, 1] - hr[:, 0]
+    per_seed = []
+    for k in range(a.shape[0]):
+        ha = _bin_f1(_halves(a[k].sum(0)))
+        d = ha if sys_b is None else _bin_f1(_halves(sys_b[k].sum(0))) - ha
+        per_seed.append(_opt(d[1] - d[0]))
+    cis = [_ci(fr[:, j]) for j in range(BINS)]
+    lo, hi = _ci(lme)
+    return {
+        "f1": [_opt(x) for x in f],
+        "lo": [c[0] for c in cis],
+        "hi": [c[1] for c in cis],
+        "early": _opt(h[0]),
+        "late": _opt(h[1]),
+        "late_minus_early": _opt(h[1] - h[0]),
+        "lme_lo": lo,
+        "lme_hi": hi,
+        "per_seed_lme": per_seed,
+        "seeds": int(a.shape[0]),
+    }
+
+
 @dataclass
 class Evaluation:
     snowblink: Score
@@ -334,6 +419,7 @@ class Evaluation:
     n: int
     position_counts: dict[str, list] = field(default_factory=dict)
     ilp_counts: list = field(default_factory=list)  # per graph (match, test, gold): paired comparisons
+    position_counts_graph: dict[str, list] = field(default_factory=dict)  # kind -> [graphs][BINS][4] (bootstrap)
 
     def to_json(self) -> dict:
         return {
@@ -345,6 +431,7 @@ class Evaluation:
             "position_recall": {k: position_recall(np.asarray(v)) for k, v in self.position_counts.items()},
             "position_counts": self.position_counts,
             "ilp_counts": self.ilp_counts,
+            "position_counts_graph": self.position_counts_graph,
         }
 
     def rows(self) -> list[dict]:
@@ -365,6 +452,7 @@ def evaluate(pred: list[AmrGraph], gold: list[AmrGraph], seed: int = 0) -> Evalu
     t0 = time.perf_counter()
     sub: dict[str, list] = {k: [] for k in SUBSCORES}
     pos = {"nodes": np.zeros((BINS, 4)), "edges": np.zeros((BINS, 4))}
+    per_graph: dict[str, list] = {"nodes": [], "edges": []}
     for a, b in zip(pred, gold):
         ia, ib = items(a.tree), items(b.tree)
         amap = ilp_alignment(ia, ib)
@@ -372,6 +460,7 @@ def evaluate(pred: list[AmrGraph], gold: list[AmrGraph], seed: int = 0) -> Evalu
             sub[k].append(c)
         for k, arr in position_counts(ia, ib, amap).items():
             pos[k] += arr
+            per_graph[k].append(arr.astype(int).tolist())
     secs = time.perf_counter() - t0
     subs = {k: _corpus(k, v, secs, seed) for k, v in sub.items()}
     return Evaluation(
@@ -382,11 +471,15 @@ def evaluate(pred: list[AmrGraph], gold: list[AmrGraph], seed: int = 0) -> Evalu
         len(pred),
         {k: v.tolist() for k, v in pos.items()},
         [list(c) for c in ilp_counts],
+        per_graph,
     )
 
 
-def plot_positions(curves: dict[str, dict[str, list]], path, title: str = "") -> None:
-    """curves: system -> {'nodes': [...10], 'edges': [...10]}; one panel per kind."""
+def plot_positions(
+    curves: dict[str, dict[str, list]], path, title: str = "", bands: dict[str, dict[str, tuple]] | None = None
+) -> None:
+    """curves: system -> {'nodes': [...10], 'edges': [...10]}; one panel per kind. `bands`: system -> kind ->
+    (lo [...10], hi [...10]), drawn as a shaded 95% interval around that system's curve."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -397,8 +490,13 @@ def plot_positions(curves: dict[str, dict[str, list]], path, title: str = "") ->
     for ax, kind in zip(axes, ("nodes", "edges")):
         for name, c in curves.items():
             ys = [np.nan if v is None else 100 * v for v in c[kind]]
-            ax.plot(xs, ys, marker="o", label=name)
-        ax.set_title(f"{kind} F1 by relative position in the gold / predicted NLR")
+            (line,) = ax.plot(xs, ys, marker="o", label=name)
+            band = (bands or {}).get(name, {}).get(kind)
+            if band is not None:
+                lo = [np.nan if v is None else 100 * v for v in band[0]]
+                hi = [np.nan if v is None else 100 * v for v in band[1]]
+                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_title(f"{kind}: F1 by relative position (NLR order)", fontsize=9)
         ax.set_xlabel("relative position")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("F1 (%)")
