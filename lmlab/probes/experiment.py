@@ -37,6 +37,7 @@ class NumbersConfig:
     layers: list[int] | None = None  # hidden-state indices; None: all (0 = embeddings)
     mlp_layers: list[int] | None = None  # None: every probed layer; []: no MLP probes
     random_init: bool = True
+    random_init_seeds: int = 2  # random-init controls (seed, seed + 1, ...): one random init is one seed
     addition_per_digit: int = 100
     steer_digits: int = 4  # the paper steers on 4-digit problems
     steer_prompts: int = 100
@@ -186,16 +187,24 @@ def run_numbers(cfg: NumbersConfig, log: Callable[[str], None] = _log) -> dict[s
         "residual_norm": norms,
     }
 
+    out["items"] = best_items(store, result_rows, tr, te, y, cfg.ridge_alpha)
+    rand_lc = []
     if cfg.random_init:
-        torch.manual_seed(cfg.seed)
-        with torch.device(model.device):
-            rand = Transformer(model.cfg).to(model.dtype).eval()
-        rstore = capture_numbers(
-            rand, f"random-init|{model.cfg}|{cfg.seed}|{cfg.dtype}", ids, pos, layers, cfg.batch_size, log
-        )
-        out["random_init"] = probe_store(
-            rstore, tr, te, y, digits, lambda l: ("ridge",), cfg.ridge_alpha, cfg.seed, log
-        )[0]
+        out["random_init_items"] = []
+        for rs in range(cfg.seed, cfg.seed + max(1, cfg.random_init_seeds)):
+            torch.manual_seed(rs)
+            with torch.device(model.device):
+                rand = Transformer(model.cfg).to(model.dtype).eval()
+            rstore = capture_numbers(
+                rand, f"random-init|{model.cfg}|{rs}|{cfg.dtype}", ids, pos, layers, cfg.batch_size, log
+            )
+            rrows = probe_store(rstore, tr, te, y, digits, lambda l: ("ridge",), cfg.ridge_alpha, cfg.seed, log)[0]
+            if rs == cfg.seed:
+                out["random_init"] = rrows  # the first seed's table (the summary and the figures)
+            out["random_init_items"].append(
+                {"seed": rs, **best_items(rstore, rrows, tr, te, y, cfg.ridge_alpha, keys=(("last", "sum"),))}
+            )
+            rand_lc.append({"seed": rs, **length_controlled(rstore, tr, te, y, digits, cfg.ridge_alpha)})
 
     add_set = D.subset(problems, "test", cfg.addition_per_digit, cfg.seed + 1)
     preds: list[int | None] = []
@@ -210,8 +219,47 @@ def run_numbers(cfg: NumbersConfig, log: Callable[[str], None] = _log) -> dict[s
     out["steering"], out["steering_test"] = steer(model, tok, problems, dirs, norms, cfg, log)
     out["length_control"] = {
         "trained": length_controlled(store, tr, te, y, digits, cfg.ridge_alpha),
-        **({"random_init": length_controlled(rstore, tr, te, y, digits, cfg.ridge_alpha)} if cfg.random_init else {}),
+        **({"random_init": rand_lc[0]} if rand_lc else {}),
     }
+    out["length_control_random"] = rand_lc  # every random-init seed (the first is length_control["random_init"])
+    return out
+
+
+BEST_KEYS = (("a", "a"), ("b", "b"), ("last", "sum"))
+"""(position, target) probes whose per-item test predictions the report bootstraps."""
+
+
+def best_items(
+    store: ActivationStore,
+    rows: list[dict[str, Any]],
+    tr: np.ndarray,
+    te: np.ndarray,
+    y: np.ndarray,
+    ridge_alpha: float,
+    keys: Sequence[tuple[str, str]] = BEST_KEYS,
+) -> dict[str, dict[str, Any]]:
+    """Per test item, the targets and predictions of the best-R² Ridge probe for each (position, target) in `keys`,
+    plus the probe with the best within-1 % accuracy anywhere ("acc"): refitted (closed-form Ridge, so the same fit)
+    to give the report item-level bootstrap intervals. Keys are "position@target" strings."""
+    ridge = [r for r in rows if r["probe"] == "ridge"]
+    picks = {
+        f"{p}@{t}": max((r for r in ridge if r["position"] == p and r["target"] == t), key=lambda r: r["r2"])
+        for p, t in keys
+    }
+    if keys == BEST_KEYS:
+        picks["acc"] = max(ridge, key=lambda r: r["acc_1pct"])
+    out = {}
+    for name, r in picks.items():
+        pi, ti = D.POSITIONS.index(r["position"]), D.TARGETS.index(r["target"])
+        X = store.layer(r["layer"])[:, pi]
+        _, pred = fit_predict("ridge", X[tr], y[tr], X[te], ridge_alpha)
+        out[name] = {
+            "layer": r["layer"],
+            "position": r["position"],
+            "target": r["target"],
+            "y": y[te, ti].tolist(),
+            "pred": pred[:, ti].tolist(),
+        }
     return out
 
 

@@ -60,10 +60,15 @@ def metrics(y_log2: np.ndarray, pred_log2: np.ndarray) -> dict[str, float]:
     var = float(np.var(y))
     r2 = 1.0 - mse / var if var > 0 else float("nan")
     pearson = float(np.corrcoef(y, p)[0, 1]) if np.std(p) > 0 and var > 0 else 0.0
-    value = np.rint(np.exp2(y))
-    guess = np.rint(np.exp2(np.clip(p, -60, 60)))
-    acc = float(np.mean(np.abs(guess - value) <= 0.01 * value))
+    acc = float(np.mean(within_1pct(y, p)))
     return {"pearson": pearson, "r2": r2, "acc_1pct": acc, "mse": mse}
+
+
+def within_1pct(y_log2: np.ndarray, pred_log2: np.ndarray) -> np.ndarray:
+    """Per item: does 2**prediction, rounded, lie within 1 % of the value (the paper's approximate accuracy)?"""
+    value = np.rint(np.exp2(np.asarray(y_log2, dtype=np.float64)))
+    guess = np.rint(np.exp2(np.clip(np.asarray(pred_log2, dtype=np.float64), -60, 60)))
+    return np.abs(guess - value) <= 0.01 * value
 
 
 def direction(probe: Any, k: int = 0) -> np.ndarray:

@@ -111,29 +111,36 @@ def run_bench(
     categories: tuple[str, ...] = (),
     log: Callable[[str], None] = print,
     dtype: str = "float32",
+    drafts: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; returns (and writes) {"overall": {METHOD: {...}}, "per_category": {...}, ...}.
 
     fp32 by default: on a CPU with lmlab's kernels (lmlab.core.kernels) a target pass over k tokens gives each
     token bit-for-bit the logits a 1-token step gives it, so greedy speculation is lossless by construction.
     In bf16, torch's kernels sum a lone row and a block of rows in different orders, and the last-bit
-    differences flip near-tied greedy choices (measured: see benchmarks/RESULTS.md)."""
+    differences flip near-tied greedy choices (measured: see benchmarks/RESULTS.md). `drafts` overrides the cached
+    trained drafts by kind ("draft": the draft LM folder, "eagle": the head folder), e.g. another training seed's."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown or "ar" not in methods:
         raise LmlabError(f"--methods {','.join(methods)}: must include 'ar' and only {', '.join(METHODS)}")
     lm = load_model(target, dtype=dtype)  # every method, transformers' included, runs in this dtype
     qs = load_questions(prompts, limit_per_category, categories)
     skipped: dict[str, str] = {}  # method -> why it did not run here; the others' results are kept
+    drafts = drafts or {}
+    trained = {k: drafts.get(k) or find_trained(lm, k) for k in ("draft", "eagle")}
+    given = {"sps": {"draft": drafts.get("draft")}, "eagle": {"head": drafts.get("eagle")}}
+    given["eagle_pld"] = given["eagle"]
     drafters = {}
     for m in ("sps", "pld", "eagle", "eagle_pld", "selfq4", "layerskip"):
         if m in methods:
-            drafters[m] = _try(m, skipped, log, lambda m=m: make_drafter(lm, m))
+            kw = {k: str(v) for k, v in given.get(m, {}).items() if v is not None}
+            drafters[m] = _try(m, skipped, log, lambda m=m, kw=kw: make_drafter(lm, m, **kw))
     hf_methods = [m for m in methods if m.startswith("hf_")]
     hf = _try(
         "transformers",
         skipped,
         log,
-        lambda: _HF(lm, find_trained(lm, "draft") if "hf_assisted" in methods else None) if hf_methods else None,
+        lambda: _HF(lm, trained["draft"] if "hf_assisted" in methods else None) if hf_methods else None,
     )
     if hf is None:
         skipped.update({m: skipped["transformers"] for m in hf_methods if "transformers" in skipped})
@@ -150,7 +157,7 @@ def run_bench(
         "dtype": str(lm.model.dtype).removeprefix("torch."),
         # which trained drafts ran: rows measured with other drafts must not be resumed into this run
         "drafts": {
-            k: getattr(find_trained(lm, k), "name", None)
+            k: getattr(trained[k], "name", None)
             for k, ms in (("draft", ("sps", "hf_assisted")), ("eagle", ("eagle", "eagle_pld")))
             if any(m in methods for m in ms)
         },
@@ -210,6 +217,7 @@ def run_bench(
     for r in rows:  # a method that failed part-way is reported as skipped, not from its first prompts alone
         r["methods"] = {m: v for m, v in r["methods"].items() if m in ran}
     result = summarise(rows, ran)
+    result["rows"] = rows  # per prompt: the report's intervals resample them
     result["config"] = cfg
     result["skipped"] = skipped
     if json_path:

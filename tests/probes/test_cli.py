@@ -70,6 +70,12 @@ def test_numbers_json_schema_and_figures(tiny_ckpt, tmp_path):
     st = out["steering_test"]  # the dev-chosen step, on test, against random directions
     assert st["alpha_frac"] == out["steering"][0]["alpha_frac"] and len(st["score"]) == len(st["random_score"]) == 3
     assert set(out["length_control"]) == {"trained", "random_init"}
+    assert [r["seed"] for r in out["random_init_items"]] == [r["seed"] for r in out["length_control_random"]] == [0, 1]
+    assert set(out["items"]) == {"a@a", "b@b", "last@sum", "acc"} and len(out["items"]["acc"]["y"]) == out["n_test"]
+    from lmlab.core.report import missing_evidence
+    from lmlab.probes.reproduce import verdicts
+
+    assert missing_evidence(verdicts(out)) == []
     assert {p.name for p in (tmp_path / "f").iterdir()} == {
         "probes_heatmap_r2.png",
         "probes_heatmap_acc_1pct.png",
