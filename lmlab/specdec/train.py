@@ -135,7 +135,8 @@ def _target_id(lm: LoadedModel) -> str:
 
 def _corpus_dir(lm: LoadedModel, cfg: DraftTrainConfig) -> Path:
     dt = str(lm.model.dtype).removeprefix("torch.")
-    extra = f"-self{cfg.self_prompts}" if cfg.self_prompts else ""
+    # self-written questions are sampled with cfg.seed, so each seed is its own corpus (seed 0 keeps its old name)
+    extra = f"-self{cfg.self_prompts}" + (f"-s{cfg.seed}" if cfg.seed else "") if cfg.self_prompts else ""
     return cache_dir("specdec", "corpus", f"{_target_id(lm)}-{cfg.prompts}-{cfg.new_tokens}-{cfg.topk}-{dt}{extra}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from lmlab.specdec.bench import load_questions
 from lmlab.specdec.drafters import AdaptiveLength, PromptLookup
 from lmlab.specdec.eagle import load_head
 from lmlab.specdec.registry import load_draft, make_drafter
-from lmlab.specdec.train import DraftTrainConfig, train_draft_lm, train_eagle_head
+from lmlab.specdec.train import DraftTrainConfig, _corpus_dir, train_draft_lm, train_eagle_head
 
 
 def test_prompt_lookup_finds_latest_longest_match():
@@ -142,7 +143,6 @@ def test_trained_drafts_are_found_by_dtype_then_size(tmp_path, monkeypatch):
     """Drafts are cached per corpus dtype; a target prefers one trained in its own dtype and the full config,
     then any other full-size one, then the quick one, and falls back to the other dtype (bf16 and fp32
     features differ only by rounding)."""
-    from types import SimpleNamespace
 
     from lmlab.specdec.registry import find_trained, trained_path
 
@@ -190,3 +190,13 @@ def test_selfq4_reads_the_target_cache_and_accepts_long_drafts(smollm, monkeypat
     st = SpecStats()
     out = spec_generate(smollm.model, smollm.tokenizer, d, [ids], SamplingParams(max_new_tokens=24), stats=st)
     assert len(out[0].token_ids) == 24 and st.proposed > 0 and st.acceptance_rate > 0.5, st.acceptance_rate
+
+
+def test_corpus_folder_follows_the_seed_of_its_self_written_questions(tmp_path):
+    """Self-written questions are sampled with the config's seed, so another seed is another corpus (a seed-1 draft
+    once trained on seed 0's cached generations); without them the corpus has no seed and is shared."""
+    lm = SimpleNamespace(path=tmp_path / "target", model=SimpleNamespace(dtype=torch.float32))
+    own = DraftTrainConfig(self_prompts=4)
+    assert _corpus_dir(lm, own) != _corpus_dir(lm, replace(own, seed=1))
+    plain = replace(own, self_prompts=0)
+    assert _corpus_dir(lm, plain) == _corpus_dir(lm, replace(plain, seed=1))
