@@ -228,12 +228,15 @@ def run_decode_bench(
             impl = "llama.cpp" if nd == "llama.cpp" else "native"
             if impl == "llama.cpp" and batch != 1:
                 continue  # one sequence at a time: its batch-1 figure is the comparison
-            n = measure(impl, model, nd, batch, new_tokens, repeats)
-            if "skipped" in n:
-                rows.append({"model": model, "batch": batch, "native_dtype": nd, "skipped": n["skipped"]})
-                print(f"{batch:>5} {nd:>17} skipped: {n['skipped']}", flush=True)
+            n = _measure_or_skip(impl, model, nd, batch, new_tokens, repeats)
+            if "skipped" not in n and hd not in hf:
+                hf[hd] = _measure_or_skip("hf", model, hd, batch, new_tokens, repeats)
+            h = n if "skipped" in n else hf[hd]
+            if "skipped" in h:
+                rows.append({"model": model, "batch": batch, "native_dtype": nd, "skipped": h["skipped"]})
+                print(f"{batch:>5} {nd:>17} skipped: {h['skipped']}", flush=True)
+                _write_rows(json_path, rows)
                 continue
-            h = hf.get(hd) or hf.setdefault(hd, measure("hf", model, hd, batch, new_tokens, repeats))
             row = {
                 "model": model,
                 "batch": batch,
@@ -255,6 +258,21 @@ def run_decode_bench(
                 f"{row['speedup_vs_hf']:>7.2f}x {row['peak_rss_mb']:>7.0f} {row['hf_peak_rss_mb']:>9.0f}",
                 flush=True,
             )
+            _write_rows(json_path, rows)
+    _write_rows(json_path, rows)
+    return rows
+
+
+def _measure_or_skip(impl: str, model: str, dtype: str, batch: int, new_tokens: int, repeats: int) -> dict:
+    """measure(), with a child that crashed or hung turned into a skipped row (llama.cpp's AMX path segfaults on some
+    Sapphire Rapids hosts, llama.cpp#20824): one configuration's failure must not discard the rows already measured."""
+    try:
+        return measure(impl, model, dtype, batch, new_tokens, repeats)
+    except LmlabError as e:
+        return {"skipped": str(e)}
+
+
+def _write_rows(json_path: Path | None, rows: list[dict]) -> None:
+    """Rewritten after every row, atomically, so a stopped benchmark keeps what it measured."""
     if json_path is not None:
         atomic_write_text(Path(json_path), json.dumps(rows, indent=2))
-    return rows
