@@ -325,7 +325,7 @@ def run_experiment(cfg: ReproConfig, out_dir: Path, log=print) -> dict:
     processes (spawned, so no forked torch state), NLR and NRL of every seed first, then each seed's RGL
     variants and "NLR continued" as soon as its two parsers exist. Parsers are cached, so a rerun resumes."""
     import resource
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
 
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start, c_start = time.perf_counter(), time.process_time()
@@ -356,11 +356,9 @@ def run_experiment(cfg: ReproConfig, out_dir: Path, log=print) -> dict:
         atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1, default=float))
 
     if cfg.workers > 1:
-        import multiprocessing as mp
+        from ..core.workers import process_pool
 
-        pool = ProcessPoolExecutor(
-            cfg.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(cfg,)
-        )
+        pool = process_pool(cfg.workers, initializer=_init_worker, initargs=(cfg,))
     else:
         pool = _Inline(prep)
     with pool as ex:

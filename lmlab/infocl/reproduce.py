@@ -95,10 +95,11 @@ def run_all(quick: bool, out_dir: Path, log=print, workers: int | None = None) -
             job_cpu += _job(name, m, orders, o, epochs, out_dir)
             log(f"[infocl] {name} {m} order {o} done ({time.time() - t0:.0f} s)")
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
 
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        from ..core.workers import process_pool
+
+        with process_pool(workers) as pool:
             futs = {pool.submit(_job, name, m, orders, o, epochs, out_dir): (name, m, o) for name, m, o in jobs}
             for f in as_completed(futs):
                 job_cpu += f.result()
