@@ -204,7 +204,9 @@ def pack_q4(weight: Tensor) -> tuple[Tensor, Tensor]:
     df = d.float().clamp_min(torch.finfo(torch.float16).tiny)
     q = ((g - m.float()[..., None]) / df[..., None]).round().clamp(0, 15).to(torch.uint8).view(blocks, COLS, k)
     q = q.transpose(1, 2)  # [blocks, K, 64]
-    codes = torch.cat([q[..., 0:16] | (q[..., 16:32] << 4), q[..., 32:48] | (q[..., 48:64] << 4)], -1).contiguous()
+    # 16-bit word j of an input's 32 bytes holds columns j, j + 16, j + 32, j + 48 in its four nibbles (csrc: ld_q4)
+    codes = torch.stack([q[..., 0:16] | (q[..., 16:32] << 4), q[..., 32:48] | (q[..., 48:64] << 4)], -1)
+    codes = codes.view(blocks, k, 32).contiguous()
     dm = torch.stack([d.view(blocks, COLS, k // 32), m.view(blocks, COLS, k // 32)], 2).permute(0, 3, 2, 1).contiguous()
     return codes, dm
 
@@ -222,9 +224,8 @@ def pack_q8(weight: Tensor) -> tuple[Tensor, Tensor]:
 def dequant_q4(codes: Tensor, dm: Tensor, n: int) -> Tensor:
     """The [n, K] weights a `pack_q4` result stands for (tests and agreement checks)."""
     blocks, k, _ = codes.shape
-    q = torch.cat(
-        [codes[..., :16] & 15, codes[..., :16] >> 4, codes[..., 16:] & 15, codes[..., 16:] >> 4], -1
-    ).float()  # [blocks, K, 64]
+    lo, hi = codes[..., 0::2], codes[..., 1::2]
+    q = torch.cat([lo & 15, lo >> 4, hi & 15, hi >> 4], -1).float()  # [blocks, K, 64]
     d, m = dm[:, :, 0].float(), dm[:, :, 1].float()  # [blocks, K/32, 64]
     w = q * d.repeat_interleave(32, 1) + m.repeat_interleave(32, 1)
     return w.transpose(1, 2).reshape(blocks * COLS, k)[:n]
@@ -244,10 +245,14 @@ def packed_linear_q8(x: Tensor, packed: tuple[Tensor, Tensor], n: int) -> Tensor
     return y.view(*shape[:-1], n)
 
 
-def packed_linear_q4(x: Tensor, packed: tuple[Tensor, Tensor], n: int, bias: Tensor | None) -> Tensor:
-    """x [..., K] fp32 -> [..., n] through the 4-bit kernel (callers check `enabled()` and the row limit)."""
+def packed_linear_q4(
+    x: Tensor, packed: tuple[Tensor, Tensor], n: int, bias: Tensor | None, act8: bool = False
+) -> Tensor:
+    """x [..., K] fp32 -> [..., n] through the 4-bit kernel (callers check `enabled()` and the row limit). act8: round
+    each row's inputs to 8 bits per group of 32 first and sum in integers (llama.cpp's Q4_1 x Q8_1; drafts use it:
+    faster, and its numbers only propose); otherwise fp32 inputs against exactly the weights the codes stand for."""
     shape = x.shape
-    y = _EXT.packed_linear_q4(x.reshape(-1, shape[-1]).contiguous(), packed[0], packed[1], n, bias)
+    y = _EXT.packed_linear_q4(x.reshape(-1, shape[-1]).contiguous(), packed[0], packed[1], n, bias, act8)
     return y.view(*shape[:-1], n)
 
 
@@ -266,7 +271,8 @@ def decoder_block(x: Tensor, *args) -> Tensor:
 
 
 def draft_block(x: Tensor, *args) -> Tensor:
-    """A draft's decoder block: the kernels plus plain loops for RoPE, SwiGLU and residuals (see csrc)."""
+    """A draft's decoder block: the kernels plus plain loops for RoPE, SwiGLU and residuals (see csrc); the last
+    argument is `act8`, as in `packed_linear_q4`."""
     return _EXT.draft_block(x.contiguous(), *args)
 
 

@@ -125,6 +125,7 @@ class Linear(nn.Linear):
     """
 
     pack_dtype: torch.dtype = torch.float32
+    act8: bool = False  # 4-bit packs only: 8-bit activations (`kernels.packed_linear_q4`; a draft's setting)
     _pack_key: tuple | None = None
 
     def _packed(self):
@@ -138,7 +139,7 @@ class Linear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if kernels.usable(x, x.numel() // x.shape[-1], self.weight):
             if self.pack_dtype == kernels.Q4:
-                return kernels.packed_linear_q4(x, self._packed(), self.out_features, self.bias)
+                return kernels.packed_linear_q4(x, self._packed(), self.out_features, self.bias, self.act8)
             if self.pack_dtype == kernels.Q8:
                 y = kernels.packed_linear_q8(x, self._packed(), self.out_features)
                 return y if self.bias is None else y + self.bias
@@ -241,6 +242,7 @@ class Block(nn.Module):
         B, T = x.shape[:2]
         q4 = getattr(a.wqkv, "pack_dtype", None) == kernels.Q4  # a 4-bit self-draft (int8 layers have no pack_dtype)
         fn = kernels.draft_block if q4 else kernels.decoder_block
+        extra = (a.wqkv.act8,) if q4 else ()
         return fn(
             x,
             self.attn_norm.weight,
@@ -264,6 +266,7 @@ class Block(nn.Module):
             write.start,
             write.visible(B, T),
             1.0 / math.sqrt(a.hd),
+            *extra,
         )
 
 
@@ -450,6 +453,7 @@ class Transformer(nn.Module):
                 write.start,
                 write.visible(B, T),
                 1.0 / math.sqrt(cfg.head_dim),
+                getattr(self, "block_act8", False),
             )
             layers = ()
         else:

@@ -75,14 +75,18 @@ GROUP_SCHEMES = {"q8": (kernels.Q8, kernels.Q8), "q4": (kernels.Q4, kernels.Q8)}
 _PACK = {kernels.Q4: (kernels.pack_q4, kernels.dequant_q4), kernels.Q8: (kernels.pack_q8, kernels.dequant_q8)}
 
 
-def use_group_packs(model: nn.Module, layers: str, head: str) -> nn.Module:
+def use_group_packs(model: nn.Module, layers: str, head: str, act8: bool = False) -> nn.Module:
     """Stream every projection as `layers` groups and the LM head as `head` groups (`kernels.Q4` / `kernels.Q8`)
     through the kernels, packed now rather than inside the first timed call. With 4-bit layers and no biases, all
     decoder blocks of a step run in one kernel call (`Transformer.block_packs`). The weights are left as they are:
-    the packs are the only new memory (specdec's selfq4 draft shares its target's tensors this way)."""
+    the packs are the only new memory (specdec's selfq4 draft shares its target's tensors this way). act8: 4-bit
+    layers take 8-bit activations (`kernels.packed_linear_q4`), as llama.cpp's Q4_1 does: faster, not the same numbers
+    as the float model with these weights, so for drafts."""
     for m in model.layers.modules():
         if isinstance(m, Linear):
             m.pack_dtype = layers
+            m.act8 = act8 and layers == kernels.Q4
+    model.block_act8 = act8 and layers == kernels.Q4
     model.lm_head.pack_dtype = head if model.cfg.hidden_size % 32 == 0 else torch.bfloat16
     for m in model.modules():
         if isinstance(m, Linear):

@@ -193,8 +193,8 @@ def quantized_self_draft(target: Transformer) -> Transformer:
     """The target itself as its draft, with every projection streamed as 4-bit group-quantized weights (GGUF's Q4_1
     scheme, `kernels.pack_q4`) and the LM head as 8-bit ones (Q8_0, `kernels.pack_q8`): no training, the target's
     tokenizer by construction, and no second copy of the weights (the draft shares the target's tensors; only its
-    packed copies are new, ~0.6 byte per weight). Its numbers differ from the target's (quantization, summation
-    order), so it only proposes; the target verifies. Where the checkpoint itself came from such a file (the
+    packed copies are new, ~0.6 byte per weight). The 4-bit layers take 8-bit activations (`act8`: the fast kernel).
+    Its numbers differ from the target's (quantization, summation order), so it only proposes; the target verifies. Where the checkpoint itself came from such a file (the
     embedded SmolLM2: Q4_1 projections, a Q8_0 embedding) the codes are the file's own and the draft disagrees only
     where rounding flips a near-tie.
 
@@ -207,4 +207,4 @@ def quantized_self_draft(target: Transformer) -> Transformer:
     draft.reset_rope()
     if not kernels.enabled():
         return quantize_int8(draft, torch.bfloat16).eval()
-    return use_group_packs(draft, kernels.Q4, kernels.Q8).eval()
+    return use_group_packs(draft, kernels.Q4, kernels.Q8, act8=True).eval()

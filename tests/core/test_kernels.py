@@ -174,6 +174,33 @@ def test_q4_packing_round_trips_and_kernel_matches_its_weights(n, k):
         kernels.pack_q4(torch.randn(4, 40))
 
 
+@pytest.mark.parametrize("n,k,rows", [(960, 576, 1), (131, 64, 3), (3072, 576, 5)])
+def test_q4_kernel_on_8_bit_activations_is_its_formula_and_row_invariant(n, k, rows):
+    """The drafts' 4-bit kernel with act8 (inputs rounded to 8 bits per group of 32, integer dot products): equal, up
+    to float rounding, to its formula computed here in float64 (w = d (q - 8) + (m + 8 d); the data term on the
+    rounded inputs, the offset term on the true sums); each row gives the same bits alone or with others; and it is
+    an approximation of the fp32-input kernel, not the same numbers (the control)."""
+    g = torch.Generator().manual_seed(n)
+    w, x = torch.randn(n, k, generator=g), torch.randn(rows, k, generator=g)
+    x[0, :32] = 0.0  # an all-zero group (scale 0)
+    b = torch.randn(n, generator=g)
+    packed = kernels.pack_q4(w)
+    y = kernels.packed_linear_q4(x, packed, n, b, True)
+    grp = x.double().view(rows, k // 32, 32)
+    amax = grp.abs().amax(-1, keepdim=True)
+    xe = torch.where(amax > 0, torch.round(grp * (127 / amax)) * (amax.float() / 127).double(), 0.0).view(rows, k)
+    dm = packed[1].double()  # [blocks, K/32, 2, 64]
+    d, m = (dm[:, :, i].permute(0, 2, 1).reshape(-1, k // 32)[:n] for i in (0, 1))
+    off = m + 8 * d
+    wc = kernels.dequant_q4(*packed, n).double() - off.repeat_interleave(32, 1)
+    ref = xe @ wc.T + grp.sum(-1) @ off.T + b.double()
+    assert torch.allclose(y.double(), ref, atol=1e-5 * k**0.5, rtol=0)
+    for i in range(rows):
+        assert torch.equal(kernels.packed_linear_q4(x[i : i + 1], packed, n, b, True), y[i : i + 1])
+    exact = kernels.packed_linear_q4(x, packed, n, b)
+    assert 1e-3 < ((y - exact).norm() / exact.norm()).item() < 2e-2
+
+
 def test_q8_packing_and_kernel():
     g = torch.Generator().manual_seed(1)
     w, x = torch.randn(200, 96, generator=g), torch.randn(5, 96, generator=g)

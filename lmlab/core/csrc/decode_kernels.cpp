@@ -50,6 +50,7 @@ constexpr int L = VB / 4;  // floats per vector
 typedef float vf __attribute__((vector_size(VB)));
 typedef int32_t vi __attribute__((vector_size(VB)));
 typedef uint16_t vu16 __attribute__((vector_size(VB / 2)));
+typedef int16_t vi16 __attribute__((vector_size(VB / 2)));
 typedef int8_t vi8 __attribute__((vector_size(VB / 4)));
 typedef uint8_t vu8 __attribute__((vector_size(VB / 4)));
 
@@ -141,6 +142,15 @@ inline vi widen(const uint16_t* p) {
   return (vi)_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 #else
   return __builtin_convertvector(ld<vu16>(p), vi);
+#endif
+}
+inline vi widen(const int16_t* p) {
+#if defined(__AVX512F__)
+  return (vi)_mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#elif defined(__AVX2__)
+  return (vi)_mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#else
+  return __builtin_convertvector(ld<vi16>(p), vi);
 #endif
 }
 
@@ -309,9 +319,12 @@ constexpr int col_vectors() {  // a power of two dividing VPB; MB x NV accumulat
   return nv;
 }
 
-// 4-bit codes of columns [col, col + L) at input k (row r of the block): byte j < 16 holds column j in its low
-// nibble and column j + 16 in its high one; byte 16 + j columns 32 + j and 48 + j.
-inline vf ld_q4(const uint8_t* r, int off, int shift) { return __builtin_convertvector((widen(r + off) >> shift) & 15, vf); }
+// 4-bit codes of columns [col, col + L) at input k (row r of the block, 16 little-endian 16-bit words): word j holds
+// columns j, j + 16, j + 32 and j + 48 in its nibbles 0-3, so one word vector shifted by 4t holds 16 consecutive
+// columns 16t.. (the 8-bit-activation kernel below reads it that way; this one widens L words at a time).
+inline vf ld_q4(const uint8_t* r, int off, int shift) {
+  return __builtin_convertvector((widen(reinterpret_cast<const uint16_t*>(r) + off) >> shift) & 15, vf);
+}
 
 // q [K, 32] bytes and dm [K/32, 2, 64] fp16 (scales d, offsets m) of one block, from column c0 on;
 // y = sum_g d_g (x_g . q_g) + m_g sum(x_g), xs: the per-group input sums.
@@ -322,8 +335,8 @@ inline void tile_q4(const float* x, int64_t K, const uint8_t* q, const at::Half*
   int off[NV], sh[NV];
   for (int j = 0; j < NV; ++j) {
     const int col = c0 + j * L;
-    off[j] = (col / 32) * 16 + col % 16;
-    sh[j] = ((col / 16) & 1) * 4;
+    off[j] = col % 16;
+    sh[j] = (col / 16) * 4;
   }
   vf tot[MB][NV] = {};
   for (int64_t g = 0; g < G; ++g) {
@@ -344,6 +357,54 @@ inline void tile_q4(const float* x, int64_t K, const uint8_t* q, const at::Half*
     }
   }
   for (int j = 0; j < NV && j * L < ncols; ++j) {
+    const int64_t left = ncols - j * L;
+    const vf bv = bias ? ld_part(bias + j * L, std::min<int64_t>(L, left)) : vf{};
+    for (int i = 0; i < MB; ++i) st_part(y + i * ldy + j * L, bias ? tot[i][j] + bv : tot[i][j], left);
+  }
+}
+
+// The same 4-bit weights against 8-bit activations (llama.cpp's Q4_1 x Q8_1 scheme; for drafts, whose numbers only
+// steer acceptance): each row's inputs are rounded per group of 32 to xq in -127..127 with a scale xd, and a group's
+// dot product is summed exactly in 16-bit integers, 16 columns a vector: with the codes centred (q - 8 in -8..7)
+// 32 products stay within |8 * 127 * 32| = 32512. Per 64 columns and input that is one load, four shift-and-mask
+// pairs, four multiplies and four adds of 16 lanes, against 8 widen-convert-FMA chains of 8 lanes on fp32
+// activations: the fp32 kernel was compute-bound at ~2x its memory stream (benchmarks/RESULTS.md).
+// y = sum_g d_g xd_g (xq_g . (q_g - 8)) + (m_g + 8 d_g) sum(x_g): w = d (q - 8) + (m + 8 d), the offset term with
+// the true input sums, so the inputs' rounding error meets the centred codes q - 8 rather than q (output error 0.5 %
+// instead of 1.3 % relative on Gaussian data, tests/core/test_kernels.py). The integer part is exact and a row's
+// result depends only on that row: batch-invariant too.
+typedef int16_t v16s __attribute__((vector_size(32)));  // 16 lanes on every ISA (two NEON registers)
+typedef uint16_t v16u __attribute__((vector_size(32)));
+
+template <int MB>
+inline void tile_q4_x8(const int16_t* xq, int64_t K, const float* xd, const float* xs, const uint8_t* q, const at::Half* dm,
+                       const float* bias, float* y, int64_t ldy, int64_t ncols) {
+  const int64_t G = K / 32;
+  vf tot[MB][VPB] = {};
+  for (int64_t g = 0; g < G; ++g) {
+    v16s acc[MB][4] = {};
+    for (int64_t k = g * 32; k < g * 32 + 32; ++k) {
+      const v16u r = ld<v16u>(q + k * 32);
+      v16s w[4];
+      for (int t = 0; t < 4; ++t) w[t] = (v16s)((r >> (4 * t)) & 15) - 8;
+      for (int i = 0; i < MB; ++i) {
+        const int16_t xk = xq[i * K + k];
+        for (int t = 0; t < 4; ++t) acc[i][t] += w[t] * xk;
+      }
+    }
+    const at::Half* s = dm + g * 128;
+    for (int i = 0; i < MB; ++i) {
+      int16_t sums[COLS];
+      std::memcpy(sums, acc[i], sizeof(sums));
+      const vf xdv = splat(xd[i * G + g]), xsv = splat(xs[i * G + g]);
+      for (int j = 0; j < VPB; ++j) {
+        const vf d = ld_half(s + L * j), m = ld_half(s + 64 + L * j);
+        const vf dot = __builtin_convertvector(widen(sums + L * j), vf);  // xq_g . (q_g - 8), exact
+        tot[i][j] = fmadd(d * xdv, dot, fmadd(m + 8.0f * d, xsv, tot[i][j]));
+      }
+    }
+  }
+  for (int j = 0; j < VPB && j * L < ncols; ++j) {
     const int64_t left = ncols - j * L;
     const vf bv = bias ? ld_part(bias + j * L, std::min<int64_t>(L, left)) : vf{};
     for (int i = 0; i < MB; ++i) st_part(y + i * ldy + j * L, bias ? tot[i][j] + bv : tot[i][j], left);
@@ -490,7 +551,7 @@ torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& w, int6
 // q in 0..15), for drafts only: a quantized copy of a target is a draft that needs no training.
 // x: fp32 [M, K] contiguous, K % 32 == 0; q: uint8 [ceil(N/64), K, 32]; dm: fp16 [ceil(N/64), K/32, 2, 64].
 torch::Tensor packed_linear_q4(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& dm, int64_t N,
-                               const c10::optional<torch::Tensor>& b) {
+                               const c10::optional<torch::Tensor>& b, bool act8) {
   check_x(x);
   const int64_t M = x.size(0), K = x.size(1), G = K / 32;
   TORCH_CHECK(K % 32 == 0 && q.scalar_type() == at::kByte && q.is_contiguous() && q.dim() == 3 && q.size(1) == K && q.size(2) == 32 &&
@@ -510,6 +571,31 @@ torch::Tensor packed_linear_q4(const torch::Tensor& x, const torch::Tensor& q, c
   const uint8_t* qp = q.data_ptr<uint8_t>();
   const at::Half* dp = dm.data_ptr<at::Half>();
   float* yp = y.data_ptr<float>();
+  if (act8) {
+    std::vector<int16_t> xq(M * K);
+    std::vector<float> xd(M * G);
+    for (int64_t r = 0; r < M * G; ++r) {
+      const float* xg = xp + r * 32;
+      float amax = 0.f;
+      for (int k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(xg[k]));
+      const float d = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+      xd[r] = d;
+      for (int k = 0; k < 32; ++k) xq[r * 32 + k] = static_cast<int16_t>(std::nearbyint(xg[k] * inv));
+    }
+    at::parallel_for(0, (N + COLS - 1) / COLS, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t bl = b0; bl < b1; ++bl) {
+        const int64_t n = bl * COLS, nc = std::min(COLS, N - n);
+        const uint8_t* qb = qp + bl * K * 32;
+        const at::Half* db = dp + bl * G * 128;
+        const float* bb = bias ? bias + n : nullptr;
+        int64_t i = 0;
+        for (; i + 2 <= M; i += 2)
+          tile_q4_x8<2>(xq.data() + i * K, K, xd.data() + i * G, xs.data() + i * G, qb, db, bb, yp + i * N + n, N, nc);
+        if (i < M) tile_q4_x8<1>(xq.data() + i * K, K, xd.data() + i * G, xs.data() + i * G, qb, db, bb, yp + i * N + n, N, nc);
+      }
+    });
+    return y;
+  }
   run_blocks(M, N, [&](auto mb, auto nv, int64_t i, int c, int64_t bl, int64_t nc) {
     const int64_t n = bl * COLS + c;
     tile_q4<decltype(mb)::value, decltype(nv)::value>(xp + i * K, K, qp + bl * K * 32, dp + bl * G * 128, xs.data() + i * G, c,
@@ -540,13 +626,14 @@ torch::Tensor packed_linear_q8(const torch::Tensor& x, const torch::Tensor& q, c
 
 // One linear layer from its kernel form, told apart by dtype: {w} (fp32 / bf16 [N, K]), {int8 w [N, K], fp32 scales
 // [N]}, {uint8 codes, fp16 dm} (4-bit) or {int8 codes, fp16 d} (8-bit groups).
-torch::Tensor linear_any(const torch::Tensor& x, const std::vector<torch::Tensor>& w, int64_t N, const c10::optional<torch::Tensor>& b) {
+torch::Tensor linear_any(const torch::Tensor& x, const std::vector<torch::Tensor>& w, int64_t N, const c10::optional<torch::Tensor>& b,
+                         bool act8 = false) {
   auto x2 = x.reshape({-1, x.size(-1)}).contiguous();
   torch::Tensor y;
   if (w.size() == 1) {
     y = packed_linear(x2, w[0], N, b, c10::nullopt);
   } else if (w[0].scalar_type() == at::kByte) {
-    y = packed_linear_q4(x2, w[0], w[1], N, b);
+    y = packed_linear_q4(x2, w[0], w[1], N, b, act8);
   } else if (w[1].scalar_type() == at::kFloat) {
     y = packed_linear(x2, w[0], N, b, w[1]);
   } else {
@@ -598,10 +685,10 @@ torch::Tensor draft_block(const torch::Tensor& x, const torch::Tensor& attn_norm
                           const std::vector<torch::Tensor>& w13, const c10::optional<torch::Tensor>& b13, const std::vector<torch::Tensor>& w2,
                           const c10::optional<torch::Tensor>& b2, int64_t nh, int64_t nkv, int64_t hd, int64_t inter,
                           const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor& kc, torch::Tensor& vc, int64_t start,
-                          const torch::Tensor& visible, double scale) {
+                          const torch::Tensor& visible, double scale, bool act8) {
   const int64_t B = x.size(0), T = x.size(1), H = x.size(2), M = B * T, S = kc.size(2), d2 = hd / 2;
   auto xf = x.reshape({M, H});
-  auto qkv = linear_any(rms_norm(xf, attn_norm, eps), wqkv, (nh + 2 * nkv) * hd, bqkv);  // [M, (nh + 2 nkv) hd]
+  auto qkv = linear_any(rms_norm(xf, attn_norm, eps), wqkv, (nh + 2 * nkv) * hd, bqkv, act8);  // [M, (nh + 2 nkv) hd]
   auto q = torch::empty({B, nh, T, hd}, x.options());
   auto cs = cos.contiguous(), sn = sin.contiguous();
   const float *qp = qkv.data_ptr<float>(), *cp = cs.data_ptr<float>(), *sp = sn.data_ptr<float>();
@@ -625,13 +712,13 @@ torch::Tensor draft_block(const torch::Tensor& x, const torch::Tensor& attn_norm
       }
     }
   auto y = attention(q, kc, vc, visible, scale).transpose(1, 2).reshape({M, nh * hd});
-  auto x1 = linear_any(y, wo, H, c10::nullopt);
+  auto x1 = linear_any(y, wo, H, c10::nullopt, act8);
   x1.add_(xf);
-  auto gu = linear_any(rms_norm(x1, mlp_norm, eps), w13, 2 * inter, b13);  // [M, 2 inter]: gate | up
+  auto gu = linear_any(rms_norm(x1, mlp_norm, eps), w13, 2 * inter, b13, act8);  // [M, 2 inter]: gate | up
   auto act = torch::empty({M, inter}, x.options());
   const float* gp = gu.data_ptr<float>();
   for (int64_t r = 0; r < M; ++r) silu_mul(gp + r * 2 * inter, gp + r * 2 * inter + inter, act.data_ptr<float>() + r * inter, inter);
-  auto out = linear_any(act, w2, H, b2);
+  auto out = linear_any(act, w2, H, b2, act8);
   out.add_(x1);
   return out.view({B, T, H});
 }
@@ -640,12 +727,13 @@ torch::Tensor draft_block(const torch::Tensor& x, const torch::Tensor& attn_norm
 // each weight given as its packed form (codes, scales), biases absent. Saves ~30 Python round trips per draft step.
 torch::Tensor draft_layers(torch::Tensor x, const std::vector<std::vector<torch::Tensor>>& layers, std::vector<torch::Tensor> kcs,
                            std::vector<torch::Tensor> vcs, double eps, int64_t nh, int64_t nkv, int64_t hd, int64_t inter,
-                           const torch::Tensor& cos, const torch::Tensor& sin, int64_t start, const torch::Tensor& visible, double scale) {
+                           const torch::Tensor& cos, const torch::Tensor& sin, int64_t start, const torch::Tensor& visible, double scale,
+                           bool act8) {
   for (size_t i = 0; i < layers.size(); ++i) {
     const auto& L = layers[i];
     TORCH_CHECK(L.size() == 10, "draft_layers: {attn_norm, mlp_norm, qkv codes, qkv scales, wo codes, wo scales, w13 codes, w13 scales, w2 codes, w2 scales}");
     x = draft_block(x, L[0], L[1], eps, {L[2], L[3]}, c10::nullopt, {L[4], L[5]}, {L[6], L[7]}, c10::nullopt, {L[8], L[9]}, c10::nullopt,
-                    nh, nkv, hd, inter, cos, sin, kcs[i], vcs[i], start, visible, scale);
+                    nh, nkv, hd, inter, cos, sin, kcs[i], vcs[i], start, visible, scale, act8);
   }
   return x;
 }
