@@ -503,13 +503,16 @@ def verdicts(
         ]
         if ctl:
             dec = [_decided(c) for c in ctl]
+            holds = True if all(d is True for d in dec) else (False if any(d is False for d in dec) else None)
             out.append(
                 Verdict(
                     f"Control: every parser beats the best constant graph (chosen on dev), {split}",
                     "; ".join(f"{c['b']} {_paired_text(c)}" for c in ctl),
-                    True if all(d is True for d in dec) else (False if any(d is False for d in dec) else None),
+                    holds,
                     seeds=ctl[0]["seeds"],
                     interval=(min(c["lo"] for c in ctl), max(c["hi"] for c in ctl)),
+                    # measured but undecided (a seed disagrees with its parser's interval): not "not tested"
+                    status=None if holds is not None or ctl[0]["seeds"] < 2 else "inconclusive",
                 )
             )
     for split in ("test", "bio"):

@@ -122,7 +122,7 @@ def reproduce(
     sec = reproduce_run(ReproduceContext(out_dir=out, quick=quick), workers=workers)
     typer.echo(sec.markdown)
     for v in sec.verdicts:
-        typer.echo(f"- {v.claim}: {v.measured} -> {v.holds}")
+        typer.echo(f"- {v.claim}: {v.measured} -> {v.status}")
     if json_path:
         atomic_write_text(json_path, json.dumps(sec.data, indent=1, default=str))
 

@@ -42,6 +42,21 @@ def _holds(d: dict | None, sign: int) -> bool | None:
     return None
 
 
+def _verdict(claim: str, measured: str, *parts: tuple[dict | None, int]) -> Verdict:
+    """The claim that every `(paired difference, sign)` in `parts` lies on its `sign`'s side of 0, with its evidence
+    (task orders as seeds, the t interval). Measured but undecided is "inconclusive"; not measured, "not tested"."""
+    if any(d is None for d, _ in parts):
+        return Verdict(claim, measured)
+    calls = [_holds(d, sign) for d, sign in parts]
+    holds = False if False in calls else (True if all(calls) else None)
+    ds = [d for d, _ in parts]
+    interval = (
+        (ds[0]["lo"], ds[0]["hi"]) if len(ds) == 1 else "; ".join(f"[{d['lo']:+.2f}, {d['hi']:+.2f}]" for d in ds)
+    )
+    return Verdict(claim, measured, holds, seeds=min(d["n"] for d in ds), interval=interval,
+                   status=None if holds is not None else "inconclusive")  # fmt: skip
+
+
 _PREPARED: dict = {}  # per worker process: (benchmark, orders) -> prepare(...) (features read from the cache once)
 
 # longest first, so that two workers finish together (measured CPU per order: joint and infocl ~4x finetune)
@@ -132,25 +147,25 @@ def run(ctx: ReproduceContext, workers: int | None = None) -> Section:
         d_acc = paired(results, bench, "infocl", "er")
         d_fr = paired(results, bench, "infocl", "er", "forgetting")
         verdicts.append(
-            Verdict(f"{bench}: InfoCL > ER in final accuracy", f"InfoCL - ER = {_fmt(d_acc)} points", _holds(d_acc, +1))
+            _verdict(f"{bench}: InfoCL > ER in final accuracy", f"InfoCL - ER = {_fmt(d_acc)} points", (d_acc, +1))
         )
         verdicts.append(
-            Verdict(f"{bench}: InfoCL forgets less than ER", f"forgetting InfoCL - ER = {_fmt(d_fr)}", _holds(d_fr, -1))
+            _verdict(f"{bench}: InfoCL forgets less than ER", f"forgetting InfoCL - ER = {_fmt(d_fr)}", (d_fr, -1))
         )
         for comp in ("kmeans", "fscl", "cpcl", "adv"):
             d = paired(results, bench, f"er+{comp}", "er")
             lines.append(f"- {bench}: ER+{comp} − ER final accuracy {_fmt(d)}")
         d_lo = paired(results, bench, "er", "finetune")
         d_hi = paired(results, bench, "joint", "infocl")
-        verdicts.append(Verdict(f"{bench}: bounds: fine-tune < ER and InfoCL < joint", f"ER − FT {_fmt(d_lo)}; joint − InfoCL {_fmt(d_hi)}",
-                                None if d_lo is None or d_hi is None else (_holds(d_lo, +1) and _holds(d_hi, +1))))  # fmt: skip
+        verdicts.append(_verdict(f"{bench}: bounds: fine-tune < ER and InfoCL < joint", f"ER − FT {_fmt(d_lo)}; joint − InfoCL {_fmt(d_hi)}",
+                                 (d_lo, +1), (d_hi, +1)))  # fmt: skip
         an = _analog_gap(results, bench, "er")
-        verdicts.append(Verdict(f"{bench}: under ER, old classes with a later analogous class are forgotten more",
-                                f"acc(without analog) − acc(with analog) = {_fmt(an)}", _holds(an, +1)))  # fmt: skip
+        verdicts.append(_verdict(f"{bench}: under ER, old classes with a later analogous class are forgotten more",
+                                 f"acc(without analog) − acc(with analog) = {_fmt(an)}", (an, +1)))  # fmt: skip
         d_er = paired(results, bench, "infocl", "er", "erank_first_kept")
-        verdicts.append(Verdict(f"{bench}: InfoCL compresses the first task's representation less than ER",
-                                f"task-1 effective rank kept after the last task (%), InfoCL − ER = {_fmt(d_er)}",
-                                _holds(d_er, +1)))  # fmt: skip
+        verdicts.append(_verdict(f"{bench}: InfoCL compresses the first task's representation less than ER",
+                                 f"task-1 effective rank kept after the last task (%), InfoCL − ER = {_fmt(d_er)}",
+                                 (d_er, +1)))  # fmt: skip
         d_ft = paired(results, bench, "er", "finetune", "erank_first_kept")
         lines.append(f"- {bench}: task-1 effective rank kept (%), ER − fine-tune {_fmt(d_ft)}")
         gain_with = paired(results, bench, "infocl", "er", "acc_old_with_later_analog")

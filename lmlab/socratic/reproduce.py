@@ -21,6 +21,7 @@ from typing import Any
 from ..core.engine import SamplingParams
 from ..core.llmcache import LLMCache
 from ..core.report import (
+    DETERMINISTIC,
     ReproduceContext,
     Section,
     Verdict,
@@ -56,11 +57,15 @@ def transcript_part() -> tuple[dict[str, Any], list[Verdict]]:
             f"{stats['turns']} turns, roles {roles}, {stats['fresh_context_turns']} fresh-context turns, "
             f"{stats['branch_turns']} branch turns, max {stats['max_user_messages']} user messages (turn 14)",
             stats["turns"] == 97 and roles == [45, 28, 19, 3, 2] and stats["fresh_context_turns"] == 39,
+            seeds=f"{DETERMINISTIC} (counts over the recorded transcript)",
+            interval="exact (counts)",
         ),
         Verdict(
             "a recorded-reply backend reproduces every turn's messages and reply",
             f"{same}/97 turns byte-identical",
             same == 97,
+            seeds=f"{DETERMINISTIC} (replay of recorded replies)",
+            interval="exact, every one of 97 turns",
         ),
     ]
     return stats, v

@@ -155,3 +155,19 @@ def test_jobs_inline_and_in_two_workers_give_the_same_results(tiny_cfg, tmp_path
                 assert other["position_counts_graph"] == row["position_counts_graph"]
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
     assert saved["runs"].keys() == pooled["runs"].keys()
+
+
+def test_control_claim_with_a_disagreeing_seed_is_inconclusive_not_untested():
+    """Every parser's pooled interval is above the constant graph, but one seed of one parser is below: the claim
+    was measured and stays undecided ("inconclusive"); with every seed above it holds."""
+
+    def comp(b, per_seed):
+        return {"a": CONTROL, "b": b, "split": "test", "diff": sum(per_seed) / 3, "lo": 2.1, "hi": 5.0, "seeds": 3,
+                "per_seed": per_seed}  # fmt: skip
+
+    parsers = ("default (NLR)", "reverse (NRL)", "RGL")
+    mixed = [comp(b, [-0.5, 4.9, 5.4] if b == "reverse (NRL)" else [5.0, 6.0, 4.0]) for b in parsers]
+    v = verdicts([], {}, 3, comps=mixed)[0]
+    assert v.claim.startswith("Control") and v.status == "inconclusive" and v.seeds == 3 and v.interval == (2.1, 5.0)
+    v = verdicts([], {}, 3, comps=[comp(b, [5.0, 6.0, 4.0]) for b in parsers])[0]
+    assert v.status == "holds"

@@ -30,7 +30,8 @@ def test_analogous_split():
 
 
 def test_paired_interval_and_verdict():
-    from lmlab.infocl.reproduce import _holds
+    from lmlab.core.report import missing_evidence
+    from lmlab.infocl.reproduce import _holds, _verdict
     from lmlab.infocl.summary import paired, summarize
 
     res = [
@@ -44,5 +45,14 @@ def test_paired_interval_and_verdict():
     assert d["lo"] == pytest.approx(2.0 - half) and d["hi"] == pytest.approx(2.0 + half)
     assert _holds(d, +1) is None  # the interval [-0.48, 4.48] includes 0: inconclusive
     assert _holds({"lo": 0.5, "hi": 3.0}, +1) is True and _holds({"lo": 0.5, "hi": 3.0}, -1) is False
+    # the report's verdicts: an interval spanning 0 reads "inconclusive" (it was measured), with orders and interval
+    v = _verdict("x > y", "m", (d, +1))
+    assert (v.status, v.seeds, v.interval) == ("inconclusive", 3, (d["lo"], d["hi"])) and not missing_evidence([v])
+    win = {"lo": 0.5, "hi": 3.0, "n": 3}
+    assert _verdict("x > y", "m", (win, +1)).status == "holds"
+    assert _verdict("x < y", "m", (win, -1)).status == "does not hold"
+    assert _verdict("both", "m", (win, +1), (d, +1)).status == "inconclusive"  # one of two undecided
+    assert _verdict("both", "m", (win, +1), (win, -1)).status == "does not hold"
+    assert _verdict("x > y", "n/a", (None, +1)).status == "not tested"  # fewer than 2 orders: not measured
     rows = summarize(res)
     assert rows[0]["final acc"] == "81.0 ± 1.0"

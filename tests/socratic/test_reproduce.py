@@ -1,7 +1,7 @@
 import json
 
 import lmlab.core.backends as backends
-from lmlab.core.report import ReproduceContext
+from lmlab.core.report import ReproduceContext, missing_evidence
 from lmlab.socratic.reproduce import METHODS, run
 
 from .fakes import ScriptedBackend
@@ -24,6 +24,7 @@ def test_reproduce_mechanics_with_a_scripted_model(tmp_path, monkeypatch):
     overall = [p for p in d["paired"] if p["task"] == "all"]
     assert len(overall) == len(sec.verdicts) - 2 and all(p["n"] == 14 and p["diff"] == 0 for p in overall)
     assert all(v.status == "inconclusive" for v in sec.verdicts[2:])
+    assert not missing_evidence(sec.verdicts)  # the transcript's two exact checks say they are deterministic
     assert json.loads((tmp_path / "socratic.json").read_text())["jobs_run"] == d["jobs_run"]
     assert any(p.name.startswith("game24") for p in (tmp_path / "trees").iterdir())
     calls = d["cache_rows"]
