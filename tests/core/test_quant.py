@@ -131,3 +131,32 @@ def test_q4_is_the_embedded_files_own_model(smollm):
     p = [encode_chat(smollm.tokenizer, [{"role": "user", "content": "Name three colours."}])]
     sp = SamplingParams(max_new_tokens=16)
     assert generate(q.model, q.tokenizer, p, sp) == generate(smollm.model, smollm.tokenizer, p, sp)
+
+
+def test_int8_fp32_activations_never_take_torchs_fp32_int8_kernel(monkeypatch):
+    """fp32 activations over MAX_ROWS rows (a mixed-length batch's padded prefill) run through lmlab's kernel in pieces,
+    each row with the bits it has alone; with the kernels off they take the float GEMM on the dequantized weight. Never
+    torch's `_weight_int8pack_mm` with fp32 activations: 27-60x slower there, it made batch-8 `--quant int8 --dtype
+    float32` decoding slower than batch 1. bf16 activations keep torch's int8 kernel (the control: the spy sees it)."""
+    from lmlab.core import kernels
+
+    calls = []
+    real = torch.ops.aten._weight_int8pack_mm
+    monkeypatch.setattr(torch.ops.aten, "_weight_int8pack_mm", lambda *a: calls.append(1) or real(*a))
+    lin = nn.Linear(64, 48, bias=True)
+    q = Int8Linear(lin, torch.float32)
+    x = torch.randn(2, kernels.MAX_ROWS // 2 + 3, 64)
+    deq = q.weight.float() * q.scales[:, None]
+    with torch.inference_mode():
+        got = q(x)
+        if kernels.enabled():
+            alone = torch.stack([torch.stack([q(r[None])[0] for r in b]) for b in x])
+            assert torch.equal(got, alone)
+        monkeypatch.setattr(kernels, "enabled", lambda: False)
+        off = q(x)
+    assert not calls
+    assert torch.allclose(got, x @ deq.T + q.bias, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(off, x @ deq.T + q.bias, atol=1e-5, rtol=1e-5)
+    with torch.inference_mode():
+        Int8Linear(lin, torch.bfloat16)(x)
+    assert calls
