@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -82,11 +83,28 @@ def _clear_stale_lock(lock: Path, max_age_s: float = STALE_LOCK_S) -> None:
         pass
 
 
+def _ninja_on_path() -> None:
+    """Why: torch's extension loader runs `ninja` from PATH, and the `ninja` wheel (a dependency) puts its binary in
+    the environment's bin folder, which is not on PATH when lmlab runs as `.venv/bin/lmlab` without an activated venv
+    (on a machine without a system ninja the kernels were then silently off). Found by running the suite in an arm64
+    Debian chroot; a system ninja hid it on the x86 machines."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+
+        folder = ninja.BIN_DIR
+    except (ImportError, AttributeError):
+        folder = str(Path(sys.executable).parent)
+    os.environ["PATH"] = folder + os.pathsep + os.environ.get("PATH", "")
+
+
 def _build():
     from torch.utils.cpp_extension import load
 
     from .paths import cache_dir
 
+    _ninja_on_path()
     flags = _flags()
     # torch's folder too: its include paths are in the build file, so two environments sharing the cache would
     # otherwise rebuild each other's copy in turn
