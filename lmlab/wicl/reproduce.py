@@ -33,8 +33,8 @@ from .tasks import TASKS, load_task
 # quick: TREC (the shortest queries of the 8 tasks), 10 seeds, 32 evaluation items per seed (the protocol's 300 do
 # not fit 10 minutes), the indicator study on TREC: 647 CPU-s on one thread under load (benchmarks/RESULTS.md);
 # SST-2's queries are 2.3x longer and would take quick past 10 minutes, so it is in full mode only. full: all 8 tasks, 10 seeds, 300 items; the
-# indicator study on 5 seeds per task with 30 random vectors, accuracy on 100 items (about 12M tokens in all: ~10 h
-# on a quiet 2-core CPU at ~340 tokens/s, README). Both run the same code; seeds are cached per (task, seed).
+# indicator study on 5 seeds per task with 30 random vectors, accuracy on 100 items (about 12M tokens in all: ~9 h
+# on a 2-core Zen 4 CPU, 5 of 8 tasks measured, README). Both run the same code; seeds are cached per (task, seed).
 QUICK = {
     "tasks": ["trec"],
     "seeds": 10,
