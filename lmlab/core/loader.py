@@ -393,6 +393,10 @@ def load_model(
         from .quant import quantize_groups
 
         model = quantize_groups(model, quant)
+    if quant in ("int8", "q8", "q4"):
+        from .quant import leave_file_mapping
+
+        leave_file_mapping(model)
     lm = LoadedModel(model, load_tokenizer(folder), folder, name)
     if cache:
         _LOADED[key] = lm

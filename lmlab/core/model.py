@@ -127,12 +127,27 @@ class Linear(nn.Linear):
     pack_dtype: torch.dtype = torch.float32
     act8: bool = False  # 4-bit packs only: 8-bit activations (`kernels.packed_linear_q4`; a draft's setting)
     _pack_key: tuple | None = None
+    # (kernels.Q4 | kernels.Q8, pack) once `quant.quantize_groups` has dropped the float weight (then None) for its
+    # group codes. Not a meta tensor: torch 2.13's F.linear of a CPU input and a meta weight returns uninitialised
+    # memory instead of failing.
+    codes: tuple | None = None
+
+    def dense_weight(self) -> Tensor:
+        """The fp32 weight: the parameter, or a transient copy dequantized from `codes` where it was dropped."""
+        if self.codes is None:
+            return self.weight
+        scheme, pack = self.codes
+        return (kernels.dequant_q4 if scheme == kernels.Q4 else kernels.dequant_q8)(*pack, self.out_features)
 
     def _packed(self):
-        key = (self.weight.data_ptr(), self.weight._version, self.pack_dtype)
+        if self.codes is not None and self.codes[0] == self.pack_dtype:
+            return self.codes[1]
+        w = self.weight
+        key = (id(self.codes), self.pack_dtype) if w is None else (w.data_ptr(), w._version, self.pack_dtype)
         if self._pack_key != key:
             quant = {kernels.Q4: kernels.pack_q4, kernels.Q8: kernels.pack_q8}.get(self.pack_dtype)
-            pack = quant(self.weight) if quant else kernels.pack(self.weight, self.pack_dtype)
+            w = self.dense_weight()  # (another form than the codes': a self-draft's 4-bit layers of a q8 model)
+            pack = quant(w) if quant else kernels.pack(w, self.pack_dtype)
             self._pack, self._pack_key = pack, key
         return self._pack
 
@@ -144,7 +159,7 @@ class Linear(nn.Linear):
                 y = kernels.packed_linear_q8(x, self._packed(), self.out_features)
                 return y if self.bias is None else y + self.bias
             return kernels.packed_linear(x, self._packed(), self.out_features, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(x, self.dense_weight(), self.bias)
 
 
 def set_weight_dtype(module: nn.Module, dtype: torch.dtype, exact: bool = True) -> None:

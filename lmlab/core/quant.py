@@ -34,7 +34,7 @@ from .model import Linear
 class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear, act_dtype: torch.dtype = torch.bfloat16):
         super().__init__()
-        w = linear.weight.detach().float()
+        w = (linear.dense_weight() if isinstance(linear, Linear) else linear.weight).detach().float()
         scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
         self.register_buffer("weight", (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8))
         self.register_buffer("scales", scale.to(act_dtype))
@@ -70,6 +70,16 @@ class Int8Linear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)  # activations in, activations out
+
+
+def leave_file_mapping(model: nn.Module) -> None:
+    """Copy the float tensors a quantized model keeps (norms, embedding) into memory of its own (`load_model` does,
+    after quantizing). A checkpoint loads as views of its memory-mapped safetensors file, and one such view keeps the
+    whole mapping, with every page read so far, in the resident set (SmolLM2-135M: ~400 MB, the pages of the weights
+    that quantization replaced). Done after the replaced weights are freed, the peak stays near the float model's."""
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.device.type == "cpu":
+            t.data = t.data.clone()
 
 
 def quantize_int8(model: nn.Module, act_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
@@ -118,20 +128,43 @@ def use_group_packs(model: nn.Module, layers: str, head: str, act8: bool = False
     return model
 
 
+def _round_in_tiles(w: Tensor, scheme: str, out: Tensor | None = None, rows: int = 64 * kernels.COLS) -> tuple:
+    """The group codes of w [N, K] (and w rounded to them, written to `out`), `rows` rows at a time: the codes are
+    per row and the packs concatenate along their tile axis, so this equals one call but bounds the transient fp32
+    copies (for SmolLM2's 49152-row LM head one call made ~0.5 GB of them, the load's peak)."""
+    pack, unpack = _PACK[scheme]
+    parts = []
+    for i in range(0, w.shape[0], rows):
+        codes = pack(w[i : i + rows])
+        if out is not None:
+            out[i : i + rows].copy_(unpack(*codes, min(rows, w.shape[0] - i)))
+        parts.append(codes)
+    return tuple(torch.cat(p) for p in zip(*parts))
+
+
 def quantize_groups(model: nn.Module, scheme: str) -> nn.Module:
-    """`--quant q8|q4`: round the weights to GGUF-style groups in place (module docstring), then stream the packs
-    where the kernels run."""
+    """`--quant q8|q4`: round the weights to GGUF-style groups (module docstring) and, where the kernels run, stream
+    the packs. There each projection's float weight is dropped once packed, only its codes stay (`Linear.codes`;
+    `weight` is None, so a stray read fails instead of computing garbage): with `leave_file_mapping`, SmolLM2-135M q4
+    holds ~0.7 GB after loading instead of ~1.5 GB (benchmarks/RESULTS.md). Elsewhere
+    (LMLAB_KERNELS=0, CUDA) the dequantized codes are written into the float weights for F.linear."""
     layers, head = GROUP_SCHEMES[scheme]
     odd = sorted({m.in_features for m in model.modules() if isinstance(m, Linear) and m.in_features % 32})
     if odd:
         raise LmlabError(
             f"--quant {scheme} needs layer input sizes divisible by 32, this model has {odd}", hint="use --quant int8"
         )
+    projections = [m for m in model.modules() if isinstance(m, Linear) and m is not model.lm_head]
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, Linear):
-                pack, unpack = _PACK[head if m is model.lm_head else layers]
-                m.weight.copy_(unpack(*pack(m.weight), m.out_features))
-    if kernels.enabled():
-        use_group_packs(model, layers, head)
+        if not (kernels.enabled() and model.embed.weight.device.type == "cpu"):
+            for m in projections:
+                _round_in_tiles(m.weight, layers, out=m.weight)
+            _round_in_tiles(model.lm_head.weight, head, out=model.lm_head.weight)
+            return model
+        for m in projections:
+            m.codes = (layers, _round_in_tiles(m.dense_weight(), layers))
+            m.register_parameter("weight", None)
+        # the LM head keeps its float weight, rounded (tied, it is the embedding; code outside core reads its rows)
+        _round_in_tiles(model.lm_head.weight, head, out=model.lm_head.weight)
+    use_group_packs(model, layers, head)
     return model

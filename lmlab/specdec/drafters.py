@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..core import kernels
 from ..core.engine import SamplingParams, probs_from_logits
-from ..core.model import Transformer, set_weight_dtype
+from ..core.model import Linear, Transformer, set_weight_dtype
 from ..core.quant import quantize_int8, use_group_packs
 from .eagle import subset_head, subset_logits
 from .verify import Draft
@@ -203,6 +203,12 @@ def quantized_self_draft(target: Transformer) -> Transformer:
     one, and verification keeps the output the target's own either way."""
     with torch.device("meta"):
         draft = Transformer(target.cfg)
+    # a `--quant q4|q8` target's projections hold codes and no float weights: the draft shares the codes
+    coded = {n: m.codes for n, m in target.named_modules() if isinstance(m, Linear) and m.codes is not None}
+    for n, m in draft.named_modules():
+        if n in coded:
+            m.register_parameter("weight", None)
+            m.codes = coded[n]
     draft.load_state_dict(target.state_dict(), assign=True)
     draft.reset_rope()
     if not kernels.enabled():

@@ -62,7 +62,7 @@ def _tiny(seed: int = 0, intermediate: int = 160):
 def _linears(m):
     from lmlab.core.model import Linear
 
-    return {n: x.weight.detach().clone() for n, x in m.named_modules() if isinstance(x, Linear)}
+    return {n: x.dense_weight().detach().clone() for n, x in m.named_modules() if isinstance(x, Linear)}
 
 
 def test_group_quantization_rounds_to_codes_idempotently():
@@ -160,3 +160,83 @@ def test_int8_fp32_activations_never_take_torchs_fp32_int8_kernel(monkeypatch):
     with torch.inference_mode():
         Int8Linear(lin, torch.bfloat16)(x)
     assert calls
+
+
+def test_group_quantization_keeps_only_codes_where_the_kernels_stream(monkeypatch):
+    """With the kernels, q4 drops each projection's float weight once packed: the weight is None (a stray read fails,
+    the control below), the codes are what the layer streams, and the logits equal those of the same model that kept
+    its rounded float weights, at decoding rows and past the kernel's row limit (the padded prefill, which runs
+    F.linear on the dequantized codes). The LM head keeps its float weight (tied, it is the embedding)."""
+    import pytest
+
+    from lmlab.core import kernels
+    from lmlab.core.model import Linear
+    from lmlab.core.quant import quantize_groups
+
+    if not kernels.enabled():
+        pytest.skip("lmlab's kernels are not built here (LMLAB_KERNELS=0 or no compiler): q4 keeps float weights")
+    m = quantize_groups(_tiny(), "q4")
+    lins = [x for x in m.layers.modules() if isinstance(x, Linear)]
+    assert all(x.weight is None and x.codes[0] == kernels.Q4 and x._packed() is x.codes[1] for x in lins)
+    assert m.lm_head.codes is None and m.lm_head.pack_dtype == kernels.Q8
+    with torch.inference_mode():
+        short, long = torch.randint(0, 300, (2, 9)), torch.randint(0, 300, (2, kernels.MAX_ROWS))
+        got = [m(ids, m.new_cache(2, ids.shape[1]), logits="all").logits for ids in (short, long)]
+        monkeypatch.setattr(kernels, "enabled", lambda: False)
+        monkeypatch.setattr(kernels, "usable", lambda *a, **k: False)
+        monkeypatch.setattr(kernels, "attention_ok", lambda *a, **k: False)
+        kept = quantize_groups(_tiny(), "q4")
+        assert all(x.weight is not None and x.codes is None for x in kept.modules() if isinstance(x, Linear))
+        ref = [kept(ids, kept.new_cache(2, ids.shape[1]), logits="all").logits for ids in (short, long)]
+        assert all((g - r).abs().max() < 1e-4 for g, r in zip(got, ref))
+        with pytest.raises(TypeError):  # control: the dropped weight is not there to be read by mistake
+            torch.nn.functional.linear(torch.randn(1, 64), m.layers[0].attn.wqkv.weight)
+
+
+def test_row_tiled_rounding_equals_one_call():
+    """quantize_groups packs a weight in row tiles (bounding the transient copies): the codes and the rounded weight
+    equal those of one call, also with a last tile that is not full."""
+    from lmlab.core import kernels
+    from lmlab.core.quant import _PACK, _round_in_tiles
+
+    w = torch.randn(64 * 5 + 17, 96)
+    for scheme in (kernels.Q4, kernels.Q8):
+        pack, unpack = _PACK[scheme]
+        out = torch.empty_like(w)
+        tiled, whole = _round_in_tiles(w, scheme, out=out, rows=128), pack(w)
+        assert all(torch.equal(a, b) for a, b in zip(tiled, whole))
+        assert torch.equal(out, unpack(*whole, w.shape[0]))
+
+
+def test_quantized_models_do_not_hold_the_checkpoint_mapping(tmp_path):
+    """A checkpoint loads as views of its memory-mapped file; a quantized model copies the float tensors it keeps, so
+    the mapping (with every page read, ~400 MB for SmolLM2-135M) is released. Checked in a fresh process through
+    /proc/self/maps (Linux); the control: the fp32 model does map the file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs /proc/self/maps (Linux)")
+    code = (
+        "import sys, torch; from lmlab.core.loader import load_model\n"
+        "q = None if sys.argv[1] == 'none' else sys.argv[1]\n"
+        "lm = load_model('smollm2-135m-instruct', dtype=sys.argv[2], quant=q)\n"
+        "print(sum('.safetensors' in l for l in open('/proc/self/maps')))\n"
+    )
+    maps = {
+        (q, dt): int(
+            subprocess.run(
+                [sys.executable, "-c", code, q, dt], capture_output=True, text=True, check=True
+            ).stdout.split()[-1]
+        )
+        for q, dt in [("none", "float32"), ("q4", "float32"), ("int8", "float32")]
+    }
+    assert maps[("none", "float32")] > 0, maps  # control
+    assert maps[("int8", "float32")] == 0, maps
+    from lmlab.core import kernels
+
+    if kernels.enabled():  # without the kernels q4 keeps its rounded float weights (in the mapping's private pages)
+        assert maps[("q4", "float32")] == 0, maps

@@ -200,3 +200,25 @@ def test_corpus_folder_follows_the_seed_of_its_self_written_questions(tmp_path):
     assert _corpus_dir(lm, own) != _corpus_dir(lm, replace(own, seed=1))
     plain = replace(own, self_prompts=0)
     assert _corpus_dir(lm, plain) == _corpus_dir(lm, replace(plain, seed=1))
+
+
+@pytest.mark.parametrize("quant", ["q4", "q8"])
+def test_selfq4_of_a_quantized_target_shares_its_codes_and_stays_lossless(quant):
+    """A `--quant q4|q8` target keeps only its projections' codes (`core.quant.quantize_groups`): the self-draft
+    shares them (q4: the very tensors; q8: 4-bit packs made from the dequantized codes) and greedy speculative output
+    equals the target's own greedy decoding."""
+    from lmlab.core import kernels
+    from lmlab.core.engine import SamplingParams, encode_chat, generate
+    from lmlab.core.loader import load_model
+    from lmlab.specdec import spec_generate
+
+    lm = load_model("smollm2-135m-instruct", dtype="auto", quant=quant, cache=False)
+    d = make_drafter(lm, "selfq4")
+    if kernels.enabled():
+        t, q = lm.model.layers[0].attn.wqkv, d.model.layers[0].attn.wqkv
+        assert t.weight is None and q.weight is None
+        assert (q._packed() is t.codes[1]) == (quant == "q4")
+    ids = encode_chat(lm.tokenizer, [{"role": "user", "content": "Write two sentences about the sea."}])
+    sp = SamplingParams(max_new_tokens=32)
+    ref = generate(lm.model, lm.tokenizer, [ids], sp)[0].token_ids
+    assert spec_generate(lm.model, lm.tokenizer, d, [ids], sp)[0].token_ids == ref
