@@ -98,7 +98,14 @@ def _measure(impl: str, model: str, dtype: str, batch: int, new_tokens: int, rep
             best = min(best, time.perf_counter() - t0)
     from . import kernels
 
-    q.put({"tokens_per_s": batch * new_tokens / best, "peak_rss_mb": peak_rss_mb(), "kernels": kernels.isa()})
+    q.put(
+        {
+            "tokens_per_s": batch * new_tokens / best,
+            "peak_rss_mb": peak_rss_mb(),
+            "rss_mb": peak_rss_mb("VmRSS"),
+            "kernels": kernels.isa(),
+        }
+    )
 
 
 def _llama_cpp_runner(model: str, prompts: list[list[int]], new_tokens: int):
@@ -135,12 +142,13 @@ def _llama_cpp_runner(model: str, prompts: list[list[int]], new_tokens: int):
     return run
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. VmHWM resets at exec, unlike ru_maxrss, which a spawned child
-    inherits from its parent."""
+def peak_rss_mb(field: str = "VmHWM") -> float:
+    """This process's peak resident memory (field="VmRSS": its resident memory now, what the model holds once the
+    load's transients are gone). VmHWM resets at exec, unlike ru_maxrss, which a spawned child inherits from its
+    parent (the fallback off Linux, where the current figure is not available either)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -220,7 +228,7 @@ def run_decode_bench(
     )
     rows = []
     print(
-        f"{'batch':>5} {'native':>17} {'hf':>9} {'native tok/s':>13} {'hf tok/s':>9} {'speedup':>8} {'rss MB':>7} {'hf rss MB':>9}"
+        f"{'batch':>5} {'native':>17} {'hf':>9} {'native tok/s':>13} {'hf tok/s':>9} {'speedup':>8} {'rss MB':>7} {'end rss':>7} {'hf rss MB':>9}"
     )
     for batch in batches:
         hf: dict[str, dict] = {}
@@ -247,6 +255,7 @@ def run_decode_bench(
                 "hf_tokens_per_s": round(h["tokens_per_s"], 2),
                 "speedup_vs_hf": round(n["tokens_per_s"] / h["tokens_per_s"], 3),
                 "peak_rss_mb": round(n["peak_rss_mb"], 1),
+                "rss_mb": round(n["rss_mb"], 1) if "rss_mb" in n else None,
                 "hf_peak_rss_mb": round(h["peak_rss_mb"], 1),
                 "threads": torch.get_num_threads(),
                 "cpu": platform.processor() or platform.machine(),
@@ -255,7 +264,8 @@ def run_decode_bench(
             rows.append(row)
             print(
                 f"{batch:>5} {nd:>17} {hd:>9} {row['native_tokens_per_s']:>13.1f} {row['hf_tokens_per_s']:>9.1f} "
-                f"{row['speedup_vs_hf']:>7.2f}x {row['peak_rss_mb']:>7.0f} {row['hf_peak_rss_mb']:>9.0f}",
+                f"{row['speedup_vs_hf']:>7.2f}x {row['peak_rss_mb']:>7.0f} "
+                f"{row['rss_mb'] or float('nan'):>7.0f} {row['hf_peak_rss_mb']:>9.0f}",
                 flush=True,
             )
             _write_rows(json_path, rows)

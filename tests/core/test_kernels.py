@@ -174,6 +174,22 @@ def test_q4_packing_round_trips_and_kernel_matches_its_weights(n, k):
         kernels.pack_q4(torch.randn(4, 40))
 
 
+@pytest.mark.parametrize("n,k", [(960, 576), (131, 64), (200, 1536)])
+def test_q4_kernel_is_row_invariant_on_fp32_activations(n, k):
+    """The fp32-activation 4-bit kernel (`--quant q4`) gives every row the bits it has alone, at every row count (one
+    row tile and several, a partial last tile), bias or not, and those are x . W^T for the codes' weights: what keeps
+    greedy speculative decoding of a q4 target lossless."""
+    g = torch.Generator().manual_seed(k)
+    w, x, b = torch.randn(n, k, generator=g), torch.randn(11, k, generator=g), torch.randn(n, generator=g)
+    packed = kernels.pack_q4(w)
+    for bias in (None, b):
+        alone = torch.cat([kernels.packed_linear_q4(x[i : i + 1], packed, n, bias) for i in range(11)])
+        ref = x.double() @ kernels.dequant_q4(*packed, n).double().T + (0 if bias is None else bias.double())
+        assert torch.allclose(alone.double(), ref, atol=1e-4 * k**0.5, rtol=0)
+        for m in range(2, 12):
+            assert torch.equal(kernels.packed_linear_q4(x[:m], packed, n, bias), alone[:m]), (m, bias is None)
+
+
 @pytest.mark.parametrize("n,k,rows", [(960, 576, 1), (131, 64, 3), (3072, 576, 5)])
 def test_q4_kernel_on_8_bit_activations_is_its_formula_and_row_invariant(n, k, rows):
     """The drafts' 4-bit kernel with act8 (inputs rounded to 8 bits per group of 32, integer dot products): equal, up
